@@ -1,0 +1,128 @@
+"""The one tensor-source interface every reader implements, and dtype conversions to float32.
+
+A source lists names, shapes and dtypes without touching tensor data; `read` returns one
+tensor (or a range of its leading rows) as float32, so memory is bounded by the largest tensor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from modeltrace.errors import FormatError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a reader knows about a tensor before reading it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # storage dtype as the file names it: "F32", "BF16", "Q4_K", "INT8", ...
+    file: str  # the file that holds it
+    quantization: str | None = None  # scheme name when the data is quantized
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+
+class TensorSource(ABC):
+    """A lazily read collection of named tensors in one file (or one logical model)."""
+
+    format: ClassVar[str] = "?"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @abstractmethod
+    def infos(self) -> dict[str, TensorInfo]:
+        """Every tensor's metadata, in file order, without reading data."""
+
+    @abstractmethod
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor as a float32 array (dequantized where needed)."""
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows `start:stop` of the leading axis as float32; readers override to avoid a full read."""
+        return np.ascontiguousarray(self.read(name)[start:stop])
+
+    def metadata(self) -> dict[str, Any]:
+        """Format-level metadata (safetensors `__metadata__`, GGUF key-values, ONNX producer)."""
+        return {}
+
+    def close(self) -> None:
+        """Release file handles and maps."""
+
+    def __enter__(self) -> TensorSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self, name: str) -> TensorInfo:
+        infos = self.infos()
+        if name not in infos:
+            raise FormatError(self.path, "no such tensor", tensor=name)
+        return infos[name]
+
+
+def _fp8_e4m3fn_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.float32)
+    for b in range(256):
+        sign = -1.0 if b & 0x80 else 1.0
+        exp = (b >> 3) & 0xF
+        man = b & 0x7
+        if exp == 0xF and man == 0x7:
+            table[b] = np.nan
+        elif exp == 0:
+            table[b] = sign * (man / 8.0) * 2.0**-6
+        else:
+            table[b] = sign * (1 + man / 8.0) * 2.0 ** (exp - 7)
+    return table
+
+
+def _fp8_e5m2_table() -> np.ndarray:
+    return (np.arange(256, dtype=np.uint16) << 8).view(np.float16).astype(np.float32)
+
+
+FP8_E4M3FN = _fp8_e4m3fn_table()
+FP8_E5M2 = _fp8_e5m2_table()
+
+
+def raw_to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Convert a flat uint8 buffer of storage dtype `dtype` to float32 values."""
+    if dtype == "F32":
+        return raw.view("<f4").astype(np.float32)
+    if dtype == "F16":
+        return raw.view("<f2").astype(np.float32)
+    if dtype == "BF16":
+        out = raw.view("<u2").astype(np.uint32)
+        out <<= 16
+        return out.view(np.float32)
+    if dtype == "F64":
+        return raw.view("<f8").astype(np.float32)
+    if dtype == "F8_E4M3":
+        return FP8_E4M3FN[raw]
+    if dtype == "F8_E5M2":
+        return FP8_E5M2[raw]
+    ints = {"I8": "i1", "U8": "u1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4", "I64": "<i8", "U64": "<u8"}
+    if dtype in ints:
+        return raw.view(ints[dtype]).astype(np.float32)
+    if dtype == "BOOL":
+        return raw.astype(np.float32)
+    raise ValueError(dtype)
+
+
+DTYPE_SIZES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+}

@@ -1,0 +1,210 @@
+"""A model on disk, opened lazily: its weight files, config, tokenizer files and code.
+
+`Model.open(ref)` accepts a local folder in Hugging Face layout, a single weight file, or a
+`hf:org/name[@revision]` reference resolved in the local hub cache (see `refs`). Nothing is
+read beyond file listings and small JSON files until tensors are asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from modeltrace.errors import FormatError, ResolveError, UnsafeFileError
+from modeltrace.formats import detect_format, open_file
+from modeltrace.formats.base import TensorSource
+from modeltrace.formats.composite import CompositeSource
+
+MAX_JSON_BYTES = 64 * 1024 * 1024
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "tokenizer.model", "added_tokens.json", "chat_template.json",
+                   "chat_template.jinja", "spiece.model", "sentencepiece.bpe.model", "tokenizer.tiktoken")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def load_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
+    """Parse a small JSON file from a model folder, with a size cap and our own errors."""
+    size = path.stat().st_size
+    if size > limit:
+        raise FormatError(path, f"JSON file is {size} bytes, over the {limit}-byte cap")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FormatError(path, "not UTF-8 text") from exc
+    except RecursionError as exc:
+        raise FormatError(path, "JSON nested too deeply") from exc
+    except json.JSONDecodeError as exc:
+        raise FormatError(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+
+
+def _inside(root: Path, rel: str, index: Path) -> Path:
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root.resolve()):
+        raise UnsafeFileError(index, f"shard path {rel!r} points outside the model folder")
+    return p
+
+
+@dataclass
+class Model:
+    """A lazily opened model: files found, weight files chosen, config and tokenizer paths."""
+
+    ref: str
+    root: Path  # folder (or the folder holding the single file)
+    weight_files: list[Path]
+    single_file: bool = False
+    files: list[Path] = field(default_factory=list)
+    _source: TensorSource | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, ref: str, *, allow_download: bool = False) -> Model:
+        from modeltrace.refs import resolve
+
+        path = resolve(ref, allow_download=allow_download)
+        if path.is_file():
+            return cls(ref=ref, root=path.parent, weight_files=[path], single_file=True, files=[path])
+        if not path.is_dir():
+            raise ResolveError(ref, "no such file or folder")
+        files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts
+                       and ".cache" not in p.parts)
+        return cls(ref=ref, root=path, weight_files=_choose_weights(path, files), files=files)
+
+    # --- weights -------------------------------------------------------------------------
+    @property
+    def source(self) -> TensorSource:
+        """All weights as one source (shards and sub-module folders merged)."""
+        if self._source is None:
+            if not self.weight_files:
+                raise FormatError(self.root, "no weight files found (looked for safetensors, .bin/.pt/.pth, "
+                                  "GGUF and ONNX files)")
+            if len(self.weight_files) == 1:
+                self._source = open_file(self.weight_files[0])
+            else:
+                sources: list[TensorSource] = []
+                prefixes: list[str] = []
+                try:
+                    for wf in self.weight_files:
+                        sources.append(open_file(wf))
+                        prefixes.append(_module_prefix(self.root, wf))
+                    self._source = CompositeSource(self.root, sources, prefixes)
+                except Exception:
+                    for s in sources:
+                        s.close()
+                    raise
+        return self._source
+
+    @property
+    def formats(self) -> list[str]:
+        return sorted({detect_format(p) for p in self.weight_files})
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- artifacts -----------------------------------------------------------------------
+    def file(self, name: str) -> Path | None:
+        """A file at the top of the model folder, if present (never for single-file models)."""
+        if self.single_file:
+            return None
+        p = self.root / name
+        return p if p.is_file() else None
+
+    @cached_property
+    def config(self) -> dict[str, Any] | None:
+        """config.json as a dict (None when absent)."""
+        p = self.file("config.json")
+        if p is None:
+            return None
+        data = load_json(p)
+        if not isinstance(data, dict):
+            raise FormatError(p, "config.json is not a JSON object")
+        return data
+
+    @property
+    def tokenizer_files(self) -> list[Path]:
+        return [p for name in TOKENIZER_FILES if (p := self.file(name)) is not None]  # type: ignore[misc]
+
+    @property
+    def code_files(self) -> list[Path]:
+        """Modelling code shipped with the model (*.py), listed, never imported."""
+        if self.single_file:
+            return []
+        return [p for p in self.files if p.suffix == ".py"]
+
+    @property
+    def name(self) -> str:
+        return self.weight_files[0].name if self.single_file else self.root.name
+
+
+def _module_prefix(root: Path, weight_file: Path) -> str:
+    """Weights in sub-module folders (sentence-transformers `2_Dense/`) get the folder as prefix."""
+    rel = weight_file.parent.relative_to(root)
+    if rel == Path(".") or rel.parts[0] in ("onnx",):
+        return ""
+    return "/".join(rel.parts) + "/"
+
+
+def _choose_weights(root: Path, files: list[Path]) -> list[Path]:
+    """Pick the weight files of a Hugging Face folder: one format, all shards, sub-modules too."""
+    top = [p for p in files if p.parent == root]
+    for index_name in INDEX_FILES:
+        index = root / index_name
+        if index.is_file():
+            data = load_json(index)
+            wmap = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(wmap, dict) or not wmap:
+                raise FormatError(index, "has no weight_map object")
+            shards: list[Path] = []
+            for rel in dict.fromkeys(wmap.values()):
+                if not isinstance(rel, str):
+                    raise FormatError(index, f"weight_map value {rel!r} is not a file name")
+                p = _inside(root, rel, index)
+                if not p.is_file():
+                    raise FormatError(index, f"names shard {rel!r}, which is missing")
+                shards.append(p)
+            return shards + _submodule_weights(root, files)
+    for suffixes in ((".safetensors",), (".bin", ".pt", ".pth", ".ckpt"), (".gguf",), (".onnx",)):
+        chosen = [p for p in top if p.suffix in suffixes and not p.name.startswith("training_args")]
+        if chosen:
+            return sorted(chosen) + _submodule_weights(root, files)
+    # no weights on top: ONNX exports often live in onnx/, single sub-folder layouts otherwise
+    onnx = [p for p in files if p.suffix == ".onnx"]
+    if onnx:
+        plain = [p for p in onnx if p.name == "model.onnx"]
+        return [plain[0] if plain else sorted(onnx)[0]]
+    return _submodule_weights(root, files)
+
+
+def _submodule_weights(root: Path, files: list[Path]) -> list[Path]:
+    """Weights of sentence-transformers modules listed in modules.json (e.g. 2_Dense)."""
+    mj = root / "modules.json"
+    if not mj.is_file():
+        return []
+    try:
+        modules = load_json(mj)
+    except FormatError:
+        return []
+    out: list[Path] = []
+    for m in modules if isinstance(modules, list) else []:
+        rel = m.get("path") if isinstance(m, dict) else None
+        if not rel or not isinstance(rel, str):
+            continue
+        sub = _inside(root, rel, mj)
+        if sub == root.resolve() or not sub.is_dir():
+            continue
+        for suffixes in ((".safetensors",), (".bin", ".pt", ".pth")):
+            got = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in suffixes)
+            if got:
+                out.extend(got)
+                break
+    return out
