@@ -1,0 +1,1 @@
+"""Secret probe sets: making them, committing to them by hash, and scoring shared mistakes."""
