@@ -1,0 +1,156 @@
+"""Any OpenAI-compatible HTTP endpoint (vLLM, llama.cpp's server, Ollama, hosted APIs).
+
+Chat and completions, images as data URLs where the endpoint takes them, log-probabilities
+where offered. API keys come from the environment (never from the command line, so they do
+not land in shell history or reports). A thread pool bounds concurrency; 429 and 5xx answers,
+timeouts and dropped connections are retried with exponential backoff and jitter, honouring
+Retry-After; malformed answers are retried too, then reported as a BackendError.
+Payload building and response parsing are separate pure functions, tested on their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from modeltrace.backends.base import Backend, Request, Response
+from modeltrace.errors import BackendError
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def build_payload(model: str, req: Request) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and JSON body for one request."""
+    body: dict[str, Any] = {"model": model, "max_tokens": req.max_tokens, "temperature": req.temperature}
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.stop:
+        body["stop"] = list(req.stop)
+    if req.mode == "chat" or req.images:
+        messages: list[dict[str, Any]] = [{"role": r, "content": c} for r, c in req.messages]
+        if not messages:
+            messages = [{"role": "user", "content": req.prompt}]
+        if req.images:
+            last = messages[-1]
+            parts: list[dict[str, Any]] = [{"type": "text", "text": last["content"]}]
+            for p in req.images:
+                mime = mimetypes.guess_type(p)[0] or "image/png"
+                with open(p, "rb") as fh:
+                    b64 = base64.b64encode(fh.read()).decode("ascii")
+                parts.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64}"}})
+            last["content"] = parts
+        body["messages"] = messages
+        if req.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = req.top_logprobs
+        return "/v1/chat/completions", body
+    body["prompt"] = req.prompt
+    if req.top_logprobs:
+        body["logprobs"] = req.top_logprobs
+    return "/v1/completions", body
+
+
+def parse_response(path: str, data: Any) -> Response:
+    """A Response from an endpoint's JSON; raises BackendError if it is not the expected shape."""
+    try:
+        choice = data["choices"][0]
+        finish = choice.get("finish_reason")
+        if path.endswith("chat/completions"):
+            text = choice["message"].get("content") or ""
+            lp = (choice.get("logprobs") or {}).get("content") or []
+            tokens = tuple(str(t.get("token", "")) for t in lp)
+            tops = tuple({str(x["token"]): float(x["logprob"]) for x in (t.get("top_logprobs") or [])} for t in lp)
+        else:
+            text = choice["text"]
+            lp = choice.get("logprobs") or {}
+            tokens = tuple(str(t) for t in (lp.get("tokens") or []))
+            tops = tuple({str(k): float(v) for k, v in (d or {}).items()} for d in (lp.get("top_logprobs") or []))
+        if not isinstance(text, str):
+            raise TypeError("text is not a string")
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise BackendError(f"malformed answer from the endpoint ({type(exc).__name__}: {exc})") from exc
+    return Response(text=text, tokens=tokens, top_logprobs=tops, finish_reason=finish)
+
+
+class OpenAICompatBackend(Backend):
+    """A model behind an OpenAI-compatible endpoint."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
+                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5,
+                 transport: Any | None = None) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[:-3]
+        self.model = model
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self._rng = random.Random(0)
+
+    @property
+    def identity(self) -> str:
+        return f"openai:{self.base_url}#{self.model}"
+
+    def _one(self, req: Request) -> Response:
+        import httpx
+
+        path, body = build_payload(self.model, req)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self.backoff * (2 ** (attempt - 1)) * (1 + self._rng.random())
+                time.sleep(min(delay, 30.0))
+            try:
+                r = self._client.post(path, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if r.status_code in RETRY_STATUS:
+                last = f"HTTP {r.status_code}"
+                ra = r.headers.get("retry-after")
+                if ra and ra.replace(".", "", 1).isdigit():
+                    time.sleep(min(float(ra), 30.0))
+                continue
+            if r.status_code >= 400:
+                raise BackendError(f"{self.base_url}{path}: HTTP {r.status_code}: {r.text[:300]}")
+            try:
+                return parse_response(path, r.json())
+            except (ValueError, BackendError) as exc:
+                last = f"malformed answer: {exc}"
+                continue
+        raise BackendError(f"{self.base_url}{path}: gave up after {self.max_retries + 1} tries ({last})")
+
+    def generate(self, requests: Sequence[Request],
+                 on_response: Callable[[int, Response], None] | None = None) -> list[Response]:
+        out: list[Response | None] = [None] * len(requests)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
+            try:
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    out[i] = fut.result()
+                    if on_response:
+                        on_response(i, out[i])  # type: ignore[arg-type]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return [r for r in out if r is not None]
+
+    def close(self) -> None:
+        self._client.close()
