@@ -40,6 +40,7 @@ def generic_prompts(n: int, seed: int = 0, min_words: int = 5, max_words: int = 
     out = []
     for _ in range(n):
         words = rng.choice(sents).split()
-        k = rng.randint(min_words, min(max_words, len(words) - 1))
+        hi = min(max_words, len(words) - 1)
+        k = rng.randint(min(min_words, hi), hi)
         out.append(" ".join(words[:k]))
     return out

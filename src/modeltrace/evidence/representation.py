@@ -1,0 +1,185 @@
+"""Representation evidence (gray-box: both models run locally on the same inputs).
+
+- `activation-match`: MLP neuron activations of A and B on the same tokens; each sampled
+  neuron of A is matched to its most correlated neuron of B and we count neurons that land on
+  their own index. After Zhu, Ahmed, Kuditipudi & Liang, "Independence Tests for Language
+  Models" (ICML 2025, the MATCH statistic on activations): activations do not change when the
+  residual stream is rotated or permuted, so this catches a rotated copy that defeats
+  element-wise weight comparison. Null: independent initializations and training equivariant
+  to permuting MLP neurons; then the count has the exact law in stats.nulls.
+- `representation-cka`: linear CKA of per-layer hidden states (after REEF, Zhang et al. 2025).
+  Independently trained models on the same data also reach high CKA, so without reference
+  models it is descriptive (no p-value); with references it is compared against them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
+from modeltrace.probes.prompts import generic_prompts
+from modeltrace.stats.combine import fisher
+from modeltrace.stats.nulls import fixed_point_tail
+
+# the module whose INPUT is the MLP's post-activation neuron vector, per naming scheme
+_DOWN = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.(?:mlp\.(?:down_proj|c_proj|fc2|dense_4h_to_h)|"
+                   r"output\.dense|feed_forward\.w2)$")
+
+
+def _local_backend(ctx: CompareContext, side: str) -> Any:
+    from modeltrace.backends.local import TransformersBackend
+
+    key = f"local_{side}"
+    if key not in ctx.shared:
+        model = ctx.a if side == "a" else ctx.b
+        ctx.shared[key] = TransformersBackend(model.root, threads=ctx.options.get("threads"))
+    return ctx.shared[key]
+
+
+def mlp_activations(backend: Any, texts: list[str], max_tokens: int = 4096) -> dict[int, np.ndarray]:
+    """Per layer index, an array (tokens, neurons) of MLP post-activation values over `texts`."""
+    import torch
+
+    backend._load()
+    model, tok = backend._model, backend._tok
+    acts: dict[int, list[np.ndarray]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        m = _DOWN.search(name)
+        if m:
+            layer = int(m.group(1))
+
+            def hook(_mod: Any, inputs: tuple[Any, ...], layer: int = layer) -> None:
+                x = inputs[0].detach().float()
+                acts.setdefault(layer, []).append(x.reshape(-1, x.shape[-1]).numpy())
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        seen = 0
+        with torch.no_grad():
+            for t in texts:
+                enc = tok(t, return_tensors="pt", truncation=True, max_length=64)
+                model(**enc)
+                seen += int(enc["input_ids"].shape[1])
+                if seen >= max_tokens:
+                    break
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: np.concatenate(v, axis=0) for k, v in sorted(acts.items())}
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=0, keepdims=True)
+    sd = np.sqrt((x * x).sum(axis=0, keepdims=True))
+    return x / np.where(sd > 0, sd, 1.0)
+
+
+def match_fixed_points(xa: np.ndarray, xb: np.ndarray, sample: np.ndarray) -> tuple[int, float]:
+    """(#sampled A-neurons whose best-correlated B-neuron has the same index, mean best |corr|)."""
+    za, zb = _standardize(xa), _standardize(xb)
+    corr = np.abs(za[:, sample].T @ zb)  # (m, n)
+    best = corr.argmax(axis=1)
+    # injective: where two A-neurons pick one B-neuron, only the stronger keeps it (see stats.nulls)
+    keep = np.ones(len(sample), dtype=bool)
+    strength = corr[np.arange(len(sample)), best]
+    order = np.argsort(-strength)
+    taken: set[int] = set()
+    for i in order:
+        if int(best[i]) in taken:
+            keep[i] = False
+        taken.add(int(best[i]))
+    fixed = int(np.sum(keep & (best == sample)))
+    return fixed, float(strength.mean())
+
+
+class ActivationMatchMethod(EvidenceMethod):
+    """Do A's MLP neurons fire like B's neurons of the same index on the same tokens?"""
+
+    name = "activation-match"
+    kind = "representation"
+    stage = 40
+    summary = "neuron matching through activations on shared inputs (survives residual rotation)"
+    reference = "Zhu, Ahmed, Kuditipudi & Liang, 'Independence Tests for Language Models', ICML 2025"
+
+    def needs(self, ctx: CompareContext) -> str | None:
+        if not (ctx.options.get("representation") or ctx.options.get("behaviour")):
+            return "representation tests not requested (--behaviour)"
+        for m in (ctx.a, ctx.b):
+            if m.single_file or m.config is None:
+                return f"{m.ref}: needs a local Hugging Face folder to run"
+        return None
+
+    def run(self, ctx: CompareContext) -> Evidence:
+        texts = generic_prompts(int(ctx.options.get("prompts", 64)), seed=ctx.seed, min_words=12, max_words=40)
+        acts_a = mlp_activations(_local_backend(ctx, "a"), texts)
+        acts_b = mlp_activations(_local_backend(ctx, "b"), texts)
+        rng = np.random.default_rng(ctx.seed)
+        layers = []
+        for layer in sorted(set(acts_a) & set(acts_b)):
+            xa, xb = acts_a[layer], acts_b[layer]
+            if xa.shape != xb.shape:
+                continue
+            n = xa.shape[1]
+            m = min(n, int(ctx.options.get("neurons", 512)))
+            sample = np.sort(rng.choice(n, size=m, replace=False))
+            k, strength = match_fixed_points(xa, xb, sample)
+            layers.append({"layer": layer, "neurons": n, "sampled": m, "fixed": k, "mean_best_corr": strength,
+                           "p_value": fixed_point_tail(k, m, n)})
+        if not layers:
+            return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
+                            statement="no MLP layers with the same width to compare", details={})
+        p = fisher([x["p_value"] for x in layers])
+        fixed = sum(x["fixed"] for x in layers)
+        sampled = sum(x["sampled"] for x in layers)
+        strength = float(np.mean([x["mean_best_corr"] for x in layers]))
+        note = ""
+        if fixed < 0.1 * sampled and strength > 0.9:
+            note = " (neurons match almost perfectly under another order: permuted neurons?)"
+        return Evidence(method=self.name, status="ok", kind="representation", powered=True, p_value=p,
+                        statistic=fixed / sampled, null_hypothesis=self.null_hypothesis,
+                        statement=(f"{fixed} of {sampled} sampled MLP neurons in {len(layers)} layers fire most "
+                                   f"like the neuron of the same index in the other model; mean best "
+                                   f"correlation {strength:.3f}{note}"),
+                        details={"layers": layers, "tokens": int(next(iter(acts_a.values())).shape[0]),
+                                 "prompts": len(texts)})
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) between two (samples, features) matrices."""
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    xty = np.linalg.norm(x.T @ y) ** 2
+    denom = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(xty / denom) if denom > 0 else 0.0
+
+
+class RepresentationCKAMethod(EvidenceMethod):
+    """How similar are A's and B's hidden states on the same inputs, layer by layer?"""
+
+    name = "representation-cka"
+    kind = "representation"
+    stage = 40
+    summary = "linear CKA of hidden states per layer (descriptive unless reference models are given)"
+    reference = "REEF: Zhang et al., 'REEF: Representation Encoding Fingerprints for LLMs', ICLR 2025"
+
+    def needs(self, ctx: CompareContext) -> str | None:
+        return ActivationMatchMethod().needs(ctx)
+
+    def run(self, ctx: CompareContext) -> Evidence:
+        texts = generic_prompts(int(ctx.options.get("prompts", 64)), seed=ctx.seed + 1)
+        ha = _local_backend(ctx, "a").hidden_states(texts)
+        hb = _local_backend(ctx, "b").hidden_states(texts)
+        depth = min(len(ha), len(hb))
+        # compare layers at the same relative depth, so models of different depth still line up
+        pairs = [(round(i * (len(ha) - 1) / max(1, depth - 1)), round(i * (len(hb) - 1) / max(1, depth - 1)))
+                 for i in range(depth)]
+        ckas = [linear_cka(ha[i], hb[j]) for i, j in pairs]
+        return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
+                        statistic=float(np.mean(ckas)),
+                        null_hypothesis="none: CKA is high for independent models trained on similar data, "
+                                        "so it is reported, not tested",
+                        statement=f"mean linear CKA of hidden states over {depth} layers: {np.mean(ckas):.3f}",
+                        details={"cka": ckas, "layer_pairs": pairs, "prompts": len(texts)})
