@@ -70,3 +70,43 @@ def check_opening_cmd(opening: Path, commitment: Path) -> None:
     click.echo(("OK: " if res.ok else "MISMATCH: ") + res.message)
     if not res.ok:
         sys.exit(1)
+
+
+@probe.command("run")
+@click.argument("set_path", metavar="SET", type=click.Path(path_type=Path))
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True)
+@click.option("--cache", type=click.Path(path_type=Path), help="Response cache (SQLite); default ~/.cache/modeltrace.")
+@click.option("--reference", "references", multiple=True, help="A model known to be unrelated (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def run_cmd(set_path: Path, models: tuple[str, ...], cache: Path | None, references: tuple[str, ...],
+            as_json: bool) -> None:
+    """Ask every MODEL (folder or openai:URL#MODEL) the probe items; test each pair for shared mistakes."""
+    from itertools import combinations
+
+    from modeltrace.backends.resolve import cached, open_backend
+    from modeltrace.evidence.behaviour import ask_probes
+    from modeltrace.probes.mistakes import shared_mistakes
+
+    ps = load_probe_set(set_path)
+    answers = {}
+    for ref in models + references:
+        answers[ref] = ask_probes(cached(open_backend(ref), cache), ps.items, ps.root)
+    refs = [answers[r] for r in references]
+    rows = []
+    for ref in models:
+        right = sum(1 for it in ps.items if answers[ref].get(it.id, "").lower() == it.answer.lower())
+        rows.append({"model": ref, "accuracy": right / len(ps.items)})
+    pairs = []
+    for a, b in combinations(models, 2):
+        res = shared_mistakes(ps.items, answers[a], answers[b], refs)
+        pairs.append({"a": a, "b": b, "both_wrong": res.both_wrong, "same_wrong": res.same_wrong,
+                      "expected_same_wrong": round(res.expected_same_wrong, 3), "p_value": res.p_value})
+    if as_json:
+        click.echo(json.dumps({"schema": "modeltrace.probe-run/1", "items": len(ps.items), "models": rows,
+                               "pairs": pairs}, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['model']}: accuracy {r['accuracy']:.3f} on {len(ps.items)} items")
+    for p in pairs:
+        click.echo(f"{p['a']} vs {p['b']}: {p['same_wrong']} shared wrong answers of {p['both_wrong']} "
+                   f"both wrong ({p['expected_same_wrong']} expected), p = {p['p_value']:.3g}")
