@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "compare": "modeltrace.cli.compare_cmd:compare",
     "bench": "modeltrace.cli.bench_cmd:bench",
     "probe": "modeltrace.cli.probe_cmd:probe",
+    "same-model": "modeltrace.cli.same_model_cmd:same_model",
 }
 
 
