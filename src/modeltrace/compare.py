@@ -126,11 +126,11 @@ def compare(
         method = cls()
         if progress:
             progress(name)
-        reason = method.needs(ctx)
-        if reason is not None:
-            evidence.append(Evidence.skipped(name, reason, kind=cls.kind))
-            continue
         try:
+            reason = method.needs(ctx)
+            if reason is not None:
+                evidence.append(Evidence.skipped(name, reason, kind=cls.kind))
+                continue
             evidence.append(method.run(ctx))
         except ModelTraceError as exc:
             evidence.append(Evidence(method=name, status="error", statement=str(exc), kind=cls.kind,
