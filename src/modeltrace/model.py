@@ -8,6 +8,7 @@ read beyond file listings and small JSON files until tensors are asked for.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,8 +43,9 @@ def load_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
 
 
 def _inside(root: Path, rel: str, index: Path) -> Path:
-    p = (root / rel).resolve()
-    if not p.is_relative_to(root.resolve()):
+    # checked on the names, not on resolved links: a hub-cache snapshot links every file into blobs/
+    p = Path(os.path.normpath(root / rel))
+    if not p.is_relative_to(os.path.normpath(root)):
         raise UnsafeFileError(index, f"shard path {rel!r} points outside the model folder")
     return p
 
@@ -68,8 +70,8 @@ class Model:
             return cls(ref=ref, root=path.parent, weight_files=[path], single_file=True, files=[path])
         if not path.is_dir():
             raise ResolveError(ref, "no such file or folder")
-        files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts
-                       and ".cache" not in p.parts)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.relative_to(path).parts
+                       and ".cache" not in p.relative_to(path).parts)
         return cls(ref=ref, root=path, weight_files=_choose_weights(path, files), files=files)
 
     # --- weights -------------------------------------------------------------------------
@@ -200,7 +202,7 @@ def _submodule_weights(root: Path, files: list[Path]) -> list[Path]:
         if not rel or not isinstance(rel, str):
             continue
         sub = _inside(root, rel, mj)
-        if sub == root.resolve() or not sub.is_dir():
+        if sub == Path(os.path.normpath(root)) or not sub.is_dir():
             continue
         for suffixes in ((".safetensors",), (".bin", ".pt", ".pth")):
             got = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in suffixes)

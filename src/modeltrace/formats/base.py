@@ -6,6 +6,9 @@ tensor (or a range of its leading rows) as float32, so memory is bounded by the 
 
 from __future__ import annotations
 
+import mmap
+import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,3 +129,96 @@ DTYPE_SIZES: dict[str, int] = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
     "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1,
 }
+
+
+# Raw bytes converted per step of `pread_float32`: small enough that a chunk and its float32 output stay
+# in a 1-2 MB L2 cache, large enough that the per-step Python overhead is negligible.
+CONVERT_CHUNK_BYTES = 256 * 1024
+_INT_VIEWS = {"I8": "i1", "U8": "u1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4", "I64": "<i8",
+              "U64": "<u8", "BOOL": "u1"}
+
+
+def convert_into(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
+    """Write the float32 values of the flat uint8 buffer `raw` (storage dtype `dtype`) into `out`.
+
+    Same values as `raw_to_float32`, without allocating: one pass from a cache-sized buffer.
+    """
+    if dtype == "BF16":
+        bits = out.view(np.uint32)
+        bits[...] = raw.view("<u2")  # widen, then shift in place while the chunk is in cache
+        bits <<= 16
+    elif dtype == "F32":
+        np.copyto(out, raw.view("<f4"))
+    elif dtype == "F16":
+        np.copyto(out, raw.view("<f2"))
+    elif dtype == "F64":
+        np.copyto(out, raw.view("<f8"), casting="same_kind")
+    elif dtype == "F8_E4M3":
+        np.take(FP8_E4M3FN, raw, out=out)
+    elif dtype == "F8_E5M2":
+        np.take(FP8_E5M2, raw, out=out)
+    elif dtype in _INT_VIEWS:
+        np.copyto(out, raw.view(_INT_VIEWS[dtype]), casting="unsafe")
+    else:
+        raise ValueError(dtype)
+
+
+def _pread(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    with open(fd, "rb", buffering=0, closefd=False) as fh:  # platforms without pread (Windows)
+        fh.seek(offset)
+        return fh.readinto(view) or 0
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    done = 0
+    while done < len(view):
+        got = _pread(fd, view[done:], offset + done)
+        if got <= 0:
+            raise FormatError(path, f"file ended at byte {offset + done} while reading tensor data; truncated?")
+        done += got
+
+
+# Outputs this large come from an anonymous map filled in by the kernel at once (MAP_POPULATE): cheaper
+# than faulting in fresh pages one by one, and free of the transparent-huge-page compaction stalls
+# that np.empty's large allocations hit when the page cache has filled memory.
+_POPULATE_MIN_BYTES = 16 * 1024 * 1024
+
+
+def empty_float32(n: int) -> np.ndarray:
+    """An uninitialised float32 array of `n` elements, allocated for a fast first write."""
+    if n * 4 >= _POPULATE_MIN_BYTES and hasattr(mmap, "MAP_POPULATE"):
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+        return np.frombuffer(mmap.mmap(-1, n * 4, flags=flags), dtype=np.float32)
+    return np.empty(n, dtype=np.float32)
+
+
+def _convert_range(fd: int, path: Path, offset: int, dtype: str, out: np.ndarray, start: int, stop: int) -> None:
+    size = DTYPE_SIZES[dtype]
+    per = max(1, CONVERT_CHUNK_BYTES // size)
+    buf = np.empty(min(stop - start, per) * size, dtype=np.uint8)
+    view = buf.data
+    for i in range(start, stop, per):
+        k = min(per, stop - i)
+        _pread_exact(fd, view[: k * size], offset + i * size, path)
+        convert_into(buf[: k * size], dtype, out[i : i + k])
+
+
+def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str) -> np.ndarray:
+    """Read `nbytes` at `offset` of an open file as a flat float32 array, converting chunk by chunk.
+
+    Reads with pread into a small reused buffer rather than through a memory map: the process then
+    holds only the output array (no mapped file pages count toward its memory), and each chunk is
+    converted while it is still in the CPU cache.
+    """
+    size = DTYPE_SIZES[dtype]
+    n = nbytes // size
+    out = empty_float32(n)
+    if n == 0:
+        return out
+    if dtype == "F32" and sys.byteorder == "little":
+        _pread_exact(fd, out.data.cast("B"), offset, path)  # one copy, straight into the result
+        return out
+    _convert_range(fd, path, offset, dtype, out, 0, n)
+    return out

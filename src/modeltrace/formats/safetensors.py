@@ -1,7 +1,8 @@
-"""safetensors reader: our own header parser (size-capped, validated), memory-mapped data.
+"""safetensors reader: our own header parser (size-capped, validated), tensors read on demand.
 
 Format: 8-byte little-endian header length N, N bytes of JSON header, then the data buffer.
-Every dtype including bf16 and fp8 (e4m3fn, e5m2) is read back as float32.
+Every dtype including bf16 and fp8 (e4m3fn, e5m2) is read back as float32, chunk by chunk through
+pread so that memory holds the result only; `raw` gives the stored bytes as a memory-mapped view.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, raw_to_float32
+from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, pread_float32
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -36,7 +37,7 @@ class SafetensorsReader(TensorSource):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._fh = None
+        self._fd: int | None = None
         self._mm: mmap.mmap | None = None
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
@@ -108,23 +109,33 @@ class SafetensorsReader(TensorSource):
         s, e = info.extra["offsets"]
         return np.frombuffer(self._map(), dtype=np.uint8, count=e - s, offset=self._data_start + s)
 
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return self._fd
+
     def read(self, name: str) -> np.ndarray:
         info = self.info(name)
-        return raw_to_float32(self.raw(name), info.dtype).reshape(info.shape)
+        s, e = info.extra["offsets"]
+        return pread_float32(self._file(), self.path, self._data_start + s, e - s, info.dtype).reshape(info.shape)
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         info = self.info(name)
         if not info.shape:
             return self.read(name)
         rows = info.shape[0]
-        start, stop = max(0, start), min(rows, stop)
+        stop = max(0, min(rows, stop))
+        start = min(max(0, start), stop)
         row_bytes = DTYPE_SIZES[info.dtype] * (info.numel // rows if rows else 0)
         s, _ = info.extra["offsets"]
-        buf = np.frombuffer(self._map(), dtype=np.uint8, count=(stop - start) * row_bytes,
-                            offset=self._data_start + s + start * row_bytes)
-        return raw_to_float32(buf, info.dtype).reshape((stop - start,) + info.shape[1:])
+        flat = pread_float32(self._file(), self.path, self._data_start + s + start * row_bytes,
+                             (stop - start) * row_bytes, info.dtype)
+        return flat.reshape((stop - start,) + info.shape[1:])
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._mm is not None:
             try:
                 self._mm.close()
