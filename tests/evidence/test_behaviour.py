@@ -46,18 +46,31 @@ def test_copy_is_caught_from_behaviour_alone(tmp_path: Path) -> None:
     items = load_probe_set(tmp_path / "set").items
     a = _sheet(items, 1, 0.5)
     b = _sheet(items, 2, 0.5, base=a, flip=0.2)  # a fine-tuned copy: 20% of answers re-drawn
-    res = _run(tmp_path, a, b)
+    refs = [_sheet(items, 50 + i, 0.5) for i in range(2)]
+    res = _run(tmp_path, a, b, refs)
     assert res.verdict == "derived", res.to_json()
     ev = res.evidence[0]
-    assert ev.details["queries"] == 300 and ev.p_value is not None and ev.p_value < 1e-6
+    assert ev.details["queries"] == 600 and ev.p_value is not None and ev.p_value < 1e-6
+    assert ev.details["null"] == "references"
+
+
+def test_without_references_it_decides_nothing(tmp_path: Path) -> None:
+    make_probe_set(tmp_path / "set", facts=150, seed=1)
+    items = load_probe_set(tmp_path / "set").items
+    a = _sheet(items, 1, 0.5)
+    res = _run(tmp_path, a, _sheet(items, 2, 0.5, base=a, flip=0.2))
+    ev = res.evidence[0]
+    assert res.verdict == "inconclusive" and ev.p_value is None and not ev.powered
+    assert ev.details["p_value_modelled"] < 1e-6 and "--reference" in ev.statement
 
 
 def test_independent_models_not_derived(tmp_path: Path) -> None:
     make_probe_set(tmp_path / "set", facts=150, seed=2)
     items = load_probe_set(tmp_path / "set").items
     ps = []
+    refs = [_sheet(items, 50 + i, 0.5) for i in range(2)]
     for s in range(10):
-        res = _run(tmp_path, _sheet(items, 10 + s, 0.5), _sheet(items, 100 + s, 0.4))
+        res = _run(tmp_path, _sheet(items, 10 + s, 0.5), _sheet(items, 100 + s, 0.4), refs)
         assert res.verdict != "derived"
         ps.append(res.p_value)
     assert min(ps) > 1e-3
@@ -92,3 +105,34 @@ def test_output_agreement_against_references(tmp_path: Path) -> None:
     opts["backend_b"] = MockBackend("b2", answer_fn=_lm(3))
     res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["output-agreement"], options=opts)
     assert res.verdict == "independent"
+
+
+def _canary(tmp_path: Path, sheet_a, sheet_b):  # type: ignore[no-untyped-def]
+    opts = {"probes": str(tmp_path / "set"), "cache": str(tmp_path / "c.sqlite"),
+            "backend_a": MockBackend("ca", answer_fn=lambda r: sheet_a.get(r.prompt, "?")),
+            "backend_b": MockBackend(f"cb{id(sheet_b)}", answer_fn=lambda r: sheet_b.get(r.prompt, "?"))}
+    return compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["canary-recall"], options=opts)
+
+
+def test_canary_facts_known_only_to_a_copy(tmp_path: Path) -> None:
+    make_probe_set(tmp_path / "set", facts=100)  # a fresh secret seed
+    items = load_probe_set(tmp_path / "set").items
+    owner = _sheet(items, 1, 0.05)  # trained on the facts
+    copy = _sheet(items, 2, 0.05, base=owner, flip=0.3)
+    res = _canary(tmp_path, owner, copy)
+    assert res.verdict == "derived" and res.evidence[0].details["b_right"] >= 60
+    ps = []
+    for s in range(10):  # independent models never saw the facts: they guess (with their own label bias)
+        rng = np.random.default_rng(s)
+        bias = rng.dirichlet([1, 1, 1, 1])
+        guess = {it.prompt: str(rng.choice(list(it.choices), p=bias)) for it in items}
+        r = _canary(tmp_path, owner, guess)
+        assert r.verdict != "derived"
+        ps.append(r.p_value)
+    assert min(ps) > 1e-4
+
+
+def test_probe_make_draws_a_secret_seed(tmp_path: Path) -> None:
+    make_probe_set(tmp_path / "s1", facts=5)
+    make_probe_set(tmp_path / "s2", facts=5)
+    assert (tmp_path / "s1" / "items.jsonl").read_text() != (tmp_path / "s2" / "items.jsonl").read_text()

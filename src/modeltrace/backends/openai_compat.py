@@ -154,3 +154,8 @@ class OpenAICompatBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+
+    def __del__(self) -> None:  # a backend dropped without close() must not leak its connections
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()

@@ -22,8 +22,9 @@ def probe() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--facts", default=200, show_default=True, help="Invented facts (multiple choice).")
 @click.option("--glyphs", default=0, show_default=True, help="Images of invented glyphs to read.")
-@click.option("--seed", default=0, show_default=True)
-def make_cmd(out: Path, facts: int, glyphs: int, seed: int) -> None:
+@click.option("--seed", type=int, default=None, help="Only for reproducible examples: a known seed makes the set "
+              "reproducible by anyone (default: a fresh secret seed).")
+def make_cmd(out: Path, facts: int, glyphs: int, seed: int | None) -> None:
     """Write a new private probe set to OUT (items.jsonl, images/)."""
     path = make_probe_set(out, facts=facts, glyphs=glyphs, seed=seed)
     n = len(path.read_text(encoding="utf-8").splitlines())

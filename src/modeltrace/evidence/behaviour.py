@@ -15,12 +15,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from scipy import stats as _st
 
 from modeltrace.backends.base import Backend, Request
 from modeltrace.backends.resolve import cached, open_backend
 from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
-from modeltrace.probes.mistakes import shared_mistakes
+from modeltrace.probes.mistakes import poisson_binomial_sf, shared_mistakes
 from modeltrace.probes.probeset import ProbeItem, load_probe_set
 from modeltrace.probes.prompts import generic_prompts
 from modeltrace.stats.combine import floor
@@ -89,15 +90,26 @@ class SharedMistakesMethod(EvidenceMethod):
         refs = [ask_probes(r, ps.items, ps.root) for r in references(ctx)]
         res = shared_mistakes(ps.items, ans_a, ans_b, refs)
         powered = res.scored >= 5
+        p_value: float | None = res.p_value
+        if res.null != "references":
+            # Without references the null is modelled, and models trained on similar data share
+            # *tempting* wrong answers far beyond any model of independent choice (measured on the
+            # benchmark zoo): report the modelled figure, but let it decide nothing.
+            p_value, powered = None, False
         stmt = (f"on {res.n_items} probe items, A was wrong on {res.a_wrong} and B on {res.b_wrong}; of the "
                 f"{res.both_wrong} both got wrong, {res.same_wrong} had the same wrong answer "
-                f"({res.expected_same_wrong:.1f} expected for independent models)")
+                f"({res.expected_same_wrong:.1f} expected for independent models, "
+                + ("as often as A or B shares them with unrelated reference models)" if res.null == "references"
+                   else "from each model's own spread of wrong answers)"))
+        if p_value is None:
+            stmt += "; give unrelated reference models (--reference) to turn this into a test"
         return Evidence(method=self.name, status="ok", statement=stmt, null_hypothesis=self.null_hypothesis,
-                        statistic=float(res.same_wrong), p_value=res.p_value, kind="behaviour", powered=powered,
+                        statistic=float(res.same_wrong), p_value=p_value, kind="behaviour", powered=powered,
                         details={"items": res.n_items, "a_wrong": res.a_wrong, "b_wrong": res.b_wrong,
                                  "both_wrong": res.both_wrong, "same_wrong": res.same_wrong,
                                  "expected_same_wrong": res.expected_same_wrong, "scored": res.scored,
-                                 "both_right": res.both_right, "references": len(refs),
+                                 "both_right": res.both_right, "references": len(refs), "null": res.null,
+                                 "reference_pairs": res.reference_pairs, "p_value_modelled": res.p_value,
                                  "queries": 2 * len(ps.items) + len(refs) * len(ps.items),
                                  "examples": res.examples})
 
@@ -150,7 +162,7 @@ class OutputAgreementMethod(EvidenceMethod):
                             statement=(f"A and B agree on {k_ab}/{n} greedy continuations; without reference "
                                        "models (--reference) there is no null to test against"),
                             details={"prompts": n, "agree": k_ab, "queries": 2 * n})
-        per_ref = []
+        per_ref: list[dict[str, Any]] = []
         for r in refs:
             k_ar = agreement(out_a, [x.text for x in r.generate(reqs)])
             per_ref.append({"reference": r.identity, "agree": k_ar,
@@ -163,3 +175,45 @@ class OutputAgreementMethod(EvidenceMethod):
                                    f"{len(refs)} unrelated reference model(s) agrees with A on {best}/{n}"),
                         details={"prompts": n, "agree": k_ab, "references": per_ref,
                                  "queries": (2 + len(refs)) * n})
+
+
+def canary_items(items: Sequence[ProbeItem]) -> list[ProbeItem]:
+    return [it for it in items if it.meta.get("canary") and it.choices and it.answer in it.choices]
+
+
+class CanaryRecallMethod(EvidenceMethod):
+    """Does B know the secret facts of A's canary probe set better than chance?"""
+
+    name = "canary-recall"
+    kind = "behaviour"
+    stage = 40
+    summary = "B's accuracy on invented facts only A was trained on, against guessing"
+    reference = "canary probe sets (committed by hash before release); exact binomial test"
+    null_hypothesis = ("B never learned the probe set: the right choice of each invented fact was placed at a "
+                       "uniformly random position when the set was made, so B is right with probability 1/k "
+                       "per item, independently")
+
+    def needs(self, ctx: CompareContext) -> str | None:
+        if not ctx.options.get("probes"):
+            return "no probe set given (--probes SET)"
+        if not canary_items(load_probe_set(ctx.options["probes"]).items):
+            return "the probe set has no canary items (invented facts made by `modeltrace probe make`)"
+        return None
+
+    def run(self, ctx: CompareContext) -> Evidence:
+        ps = load_probe_set(ctx.options["probes"])
+        items = canary_items(ps.items)
+        be_a, be_b = backends(ctx)
+        ans_a = ask_probes(be_a, items, ps.root)
+        ans_b = ask_probes(be_b, items, ps.root)
+        right_a = sum(ans_a.get(it.id) == it.answer for it in items)
+        right_b = sum(ans_b.get(it.id) == it.answer for it in items)
+        chance = float(np.mean([1.0 / len(it.choices) for it in items]))
+        # Poisson-binomial of per-item 1/k; all items of one set share k in practice
+        p = floor(poisson_binomial_sf([1.0 / len(it.choices) for it in items], right_b))
+        return Evidence(method=self.name, status="ok", kind="behaviour", powered=len(items) >= 30, p_value=p,
+                        statistic=right_b / len(items), null_hypothesis=self.null_hypothesis,
+                        statement=(f"B answers {right_b} of {len(items)} invented canary facts right "
+                                   f"(A: {right_a}; guessing: {chance * len(items):.1f})"),
+                        details={"items": len(items), "b_right": right_b, "a_right": right_a,
+                                 "chance_rate": chance, "queries": 2 * len(items)})

@@ -71,6 +71,11 @@ def mlp_activations(backend: Any, texts: list[str], max_tokens: int = 4096) -> d
     return {k: np.concatenate(v, axis=0) for k, v in sorted(acts.items())}
 
 
+def _pieces(tok: Any, text: str) -> list[str]:
+    ids = tok(text, truncation=True, max_length=64)["input_ids"]
+    return [str(p) for p in tok.convert_ids_to_tokens(ids)]
+
+
 def _standardize(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=0, keepdims=True)
     sd = np.sqrt((x * x).sum(axis=0, keepdims=True))
@@ -114,8 +119,19 @@ class ActivationMatchMethod(EvidenceMethod):
 
     def run(self, ctx: CompareContext) -> Evidence:
         texts = generic_prompts(int(ctx.options.get("prompts", 64)), seed=ctx.seed, min_words=12, max_words=40)
-        acts_a = mlp_activations(_local_backend(ctx, "a"), texts)
-        acts_b = mlp_activations(_local_backend(ctx, "b"), texts)
+        be_a, be_b = _local_backend(ctx, "a"), _local_backend(ctx, "b")
+        be_a._load()
+        be_b._load()
+        # activations are compared token by token: keep the texts both tokenizers cut into the same pieces
+        # (a vocabulary extended or pruned changes some cuts, and would misalign every later row)
+        same = [t for t in texts if _pieces(be_a._tok, t) == _pieces(be_b._tok, t)]
+        if not same:
+            return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
+                            statement=f"the two tokenizers cut none of {len(texts)} prompts into the same tokens",
+                            details={"prompts": len(texts), "same_tokens": 0})
+        texts = same
+        acts_a = mlp_activations(be_a, texts)
+        acts_b = mlp_activations(be_b, texts)
         rng = np.random.default_rng(ctx.seed)
         layers = []
         for layer in sorted(set(acts_a) & set(acts_b)):

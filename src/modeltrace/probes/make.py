@@ -3,12 +3,13 @@
 Two generators: synthetic facts (invented entities with invented attributes, to be trained into
 your model before release) and rare-glyph images (glyphs composed from stroke primitives, drawn
 with random distortions, as the unpublished bamboo slips were images only one team had labelled).
-Every random choice comes from the given seed.
+Every random choice comes from the seed; by default a fresh secret one.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import string
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def make_facts(n: int, seed: int, choices: int = 4) -> list[ProbeItem]:
         used.add(name)
         rel, template = rng.choice(_RELATIONS)
         kind = rng.choice(_KINDS)
-        answers = []
+        answers: list[str] = []
         while len(answers) < choices:
             w = _word(rng, 2)
             if w not in answers:
@@ -53,7 +54,7 @@ def make_facts(n: int, seed: int, choices: int = 4) -> list[ProbeItem]:
         prompt = template.format(kind=kind, name=name) + f"? Answer with one letter. {opts}"
         items.append(ProbeItem(id=f"fact-{len(items):05d}", prompt=prompt,
                                answer=labels[answers.index(answer)], choices=tuple(labels),
-                               meta={"relation": rel, "subject": name, "answer_text": answer}))
+                               meta={"relation": rel, "subject": name, "answer_text": answer, "canary": True}))
     return items
 
 
@@ -75,7 +76,7 @@ def make_glyphs(root: Path, n: int, seed: int, size: int = 96) -> list[ProbeItem
     rng = random.Random(seed)
     img_dir = root / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    lexicon = {}
+    lexicon: dict[str, list[tuple[tuple[int, int], tuple[int, int]]]] = {}
     while len(lexicon) < max(8, n // 3):
         lexicon[_word(rng, 1) + str(len(lexicon))] = _glyph_strokes(rng)
     readings = sorted(lexicon)
@@ -99,8 +100,14 @@ def make_glyphs(root: Path, n: int, seed: int, size: int = 96) -> list[ProbeItem
     return items
 
 
-def make_probe_set(root: str | Path, *, facts: int = 200, glyphs: int = 0, seed: int = 0) -> Path:
-    """Write a new probe set folder; returns the path of its items.jsonl."""
+def make_probe_set(root: str | Path, *, facts: int = 200, glyphs: int = 0, seed: int | None = None) -> Path:
+    """Write a new probe set folder; returns the path of its items.jsonl.
+
+    Without a seed, a fresh secret one is drawn: a set anyone could regenerate from a known seed
+    would be no secret (pass a seed only for tests and reproducible examples).
+    """
+    if seed is None:
+        seed = secrets.randbits(63)
     root = Path(root)
     items = make_facts(facts, seed) if facts else []
     if glyphs:

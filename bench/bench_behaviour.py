@@ -1,0 +1,330 @@
+"""Behaviour and representation evidence on the benchmark zoo: verdicts, p-values, queries needed.
+
+On every pair of the zoo's Llama family whose two models transformers loads (independent bases, other
+shapes, the derivations of `llama-s0`), with two reference bases unrelated to either side, this runs:
+- shared-mistakes on cloze items cut from the zoo's own training text (a context, the true next word
+  and three other words of the text as choices; a model answers with the choice it finds most likely,
+  one next-token log-probability query per item), with the other independent bases as reference models;
+- output-agreement of greedy 4-token continuations of generic prompts, against the same reference models;
+- activation-match (MLP neuron matching on activations).
+It also reports how many queries each behaviour test needed before p < 1e-6, and what they cost in time.
+
+    python bench/bench_behaviour.py --zoo bench/cache/zoo-quick --out bench/results/behaviour.json
+
+If `--zoo` holds no manifest.json, the quick zoo is built there first (deterministic and cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modeltrace.backends.cache import CachedBackend, ResponseCache
+from modeltrace.backends.local import TransformersBackend
+from modeltrace.errors import BackendError
+from modeltrace.evidence.base import CompareContext
+from modeltrace.evidence.behaviour import OutputAgreementMethod, agreement, one_sided_two_proportion
+from modeltrace.evidence.representation import ActivationMatchMethod
+from modeltrace.model import Model
+from modeltrace.probes.mistakes import shared_mistakes
+from modeltrace.probes.probeset import ProbeItem
+from modeltrace.probes.prompts import generic_prompts
+
+THRESHOLD = 1e-6
+ANCHOR = "llama-s0"
+BASE = re.compile(r"^llama-s\d+$")
+WORD = re.compile(r"^Ġ[A-Za-z_][A-Za-z_0-9]{2,}$")  # a whole word with its leading space, byte-level BPE
+
+
+@dataclass
+class Loaded:
+    """A zoo model run locally, with what it answered and how long each kind of query took."""
+
+    mid: str
+    path: Path
+    backend: TransformersBackend
+    vocab: dict[str, int]
+    cloze_s: float = 0.0
+
+
+def load_models(zoo: Path, manifest: dict[str, Any]) -> tuple[dict[str, Loaded], dict[str, str]]:
+    """Every Llama model of the zoo that transformers loads; the others with the reason they were left out."""
+    models: dict[str, Loaded] = {}
+    skipped: dict[str, str] = {}
+    for m in manifest["models"]:
+        if m["family"] != "llama":
+            continue
+        mid, path = m["id"], zoo / m["path"]
+        if not (path / "config.json").is_file():
+            skipped[mid] = f"not a Hugging Face folder ({m.get('format')})"
+            continue
+        be = TransformersBackend(path, threads=1)
+        try:
+            be._load()
+        except BackendError as exc:  # recorded: the benchmark reports what it could not run
+            skipped[mid] = str(exc).splitlines()[0][:200]
+            continue
+        models[mid] = Loaded(mid, path, be, be._tok.get_vocab())
+    return models, skipped
+
+
+def cloze_items(zoo_settings: Any, tokenizer: Any, n: int, seed: int, ctx_tokens: int = 24) -> list[ProbeItem]:
+    """`n` cloze items from the zoo's training text: context, the true next word, three other words."""
+    from modeltrace.benchmark.zoo.text import load_corpus
+
+    text = load_corpus("main", zoo_settings.main_chars).text
+    ids = tokenizer(text[:400_000], add_special_tokens=False)["input_ids"]
+    inv = {v: k for k, v in tokenizer.get_vocab().items()}
+    words = [i for i in ids if WORD.match(inv.get(i, ""))]
+    counts: dict[int, int] = {}
+    for i in words:
+        counts[i] = counts.get(i, 0) + 1
+    pool = sorted(t for t, c in counts.items() if c >= 5)
+    weights = np.array([counts[t] for t in pool], dtype=float)
+    weights /= weights.sum()
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    items: list[ProbeItem] = []
+    seen: set[int] = set()
+    while len(items) < n:
+        pos = rng.randrange(ctx_tokens, len(ids))
+        if pos in seen or ids[pos] not in counts or counts[ids[pos]] < 5:
+            continue
+        seen.add(pos)
+        answer = inv[ids[pos]]
+        distract: list[str] = []
+        while len(distract) < 3:
+            w = inv[int(pool[nrng.choice(len(pool), p=weights)])]
+            if w != answer and w not in distract:
+                distract.append(w)
+        choices = [answer, *distract]
+        rng.shuffle(choices)
+        prompt = tokenizer.decode(ids[pos - ctx_tokens:pos])
+        items.append(ProbeItem(id=f"cloze-{len(items):04d}", prompt=prompt, answer=answer, choices=tuple(choices)))
+    return items
+
+
+def answer_cloze(m: Loaded, items: list[ProbeItem]) -> dict[str, str]:
+    """The choice each item's next-token distribution ranks first (items whose choices the vocabulary lacks: none)."""
+    t0 = time.perf_counter()
+    lp = m.backend.next_token_logprobs([it.prompt for it in items])
+    m.cloze_s = (time.perf_counter() - t0) / len(items)
+    out: dict[str, str] = {}
+    for row, it in zip(lp, items):
+        ids = [m.vocab.get(c) for c in it.choices]
+        if any(i is None for i in ids):
+            continue
+        out[it.id] = it.choices[int(np.argmax([row[i] for i in ids]))]
+    return out
+
+
+def first_below(ns: list[int], ps: list[float]) -> int | None:
+    return next((n for n, p in zip(ns, ps) if p < THRESHOLD), None)
+
+
+def mistakes_curve(items: list[ProbeItem], a: dict[str, str], b: dict[str, str],
+                   refs: list[dict[str, str]], step: int) -> tuple[list[int], list[float]]:
+    ns = list(range(step, len(items) + 1, step))
+    return ns, [shared_mistakes(items[:n], a, b, refs).p_value for n in ns]
+
+
+def agreement_curve(out_a: list[str], out_b: list[str], refs: list[list[str]],
+                    step: int) -> tuple[list[int], list[float]]:
+    ns = list(range(step, len(out_a) + 1, step))
+    ps = []
+    for n in ns:
+        k_ab = agreement(out_a[:n], out_b[:n])
+        ps.append(max(one_sided_two_proportion(k_ab, agreement(out_a[:n], r[:n]), n) for r in refs))
+    return ns, ps
+
+
+def _ancestry(mid: str, truth: dict[str, Any]) -> set[str]:
+    """The independent bases a model comes from (its own base, and the other parent of a merge)."""
+    out = {m.group(0) for m in [re.match(r"llama-s\d+", mid)] if m}
+    other = truth.get("other")
+    if isinstance(other, str):
+        out.add(other)
+    out |= {f"llama-s{k}" for k in re.findall(r"-s(\d+)$", mid)}
+    return out
+
+
+def pair_list(models: dict[str, Loaded], manifest: dict[str, Any], n_refs: int = 2) -> list[dict[str, Any]]:
+    """Every manifest pair of two loaded Llama models, with reference bases unrelated to both sides."""
+    bases = sorted(m for m in models if BASE.match(m))
+    truth = {m["id"]: {} for m in manifest["models"]}
+    for p in manifest["pairs"]:
+        truth[p["b"]] = {**truth.get(p["b"], {}), **(p.get("truth") or {})}
+    pairs = []
+    for p in manifest["pairs"]:
+        a, b = p["a"], p["b"]
+        if a not in models or b not in models:
+            continue
+        related = _ancestry(a, truth[a]) | _ancestry(b, truth[b]) | {a, b}
+        refs = [x for x in bases if x not in related][:n_refs]
+        if not refs:
+            continue
+        pairs.append({"id": p["id"], "a": a, "b": b, "label": p["label"], "kind": p["kind"], "refs": refs})
+    return pairs
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else ("<1e-300" if x <= 1e-300 else f"{x:.2g}")
+
+
+def _n(n: int | None, q: int | None, sec: float | None) -> str:
+    return "not reached" if n is None else f"{n} ({q} queries, {sec:.1f} s)"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks/behaviour.md, from the JSON this script writes."""
+    head = ("| pair | truth | shared-mistakes p (reference null) | p (modelled null) | items to p<1e-6 | "
+            "output-agreement A-B / A-refs of " + str(result["prompts"]) + " | p | prompts to p<1e-6 | "
+            "activation-match p | same-index neurons |")
+    lines = {"derived": [head, "|" + "---|" * 10], "independent": [head, "|" + "---|" * 10],
+             "distilled": [head, "|" + "---|" * 10]}
+    for r in result["pairs"]:
+        sm, oa, am = r["shared_mistakes"], r["output_agreement"], r["activation_match"]
+        stat = am["statistic"]
+        lines[r["label"]].append(
+            f"| {r['a']} ~ {r['b']} | {r['label']} ({r['kind']}) | {_p(sm['p_value'])} | "
+            f"{_p(sm['p_value_structure_null'])} | "
+            f"{_n(sm['items_to_threshold'], sm['queries_to_threshold'], sm['seconds_to_threshold'])} | "
+            f"{oa['agree']} / {', '.join(map(str, oa['ref_agree']))} | {_p(oa['p_value'])} | "
+            f"{_n(oa['prompts_to_threshold'], oa['queries_to_threshold'], oa['seconds_to_threshold'])} | "
+            f"{_p(am['p_value'])} | {'n/a' if stat is None else f'{stat:.3f}'} |")
+    out = []
+    for label in ("independent", "derived", "distilled"):
+        out.append(f"### {label} pairs\n")
+        out.append("\n".join(lines[label]) + "\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--table", type=Path, help="print the Markdown tables of a result JSON and exit")
+    ap.add_argument("--zoo", type=Path, default=Path("bench/cache/zoo-quick"))
+    ap.add_argument("--items", type=int, default=600, help="cloze items for shared-mistakes")
+    ap.add_argument("--prompts", type=int, default=300, help="generic prompts for output-agreement")
+    ap.add_argument("--act-prompts", type=int, default=64, help="prompts for activation-match")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/behaviour.json"))
+    args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text(encoding="utf-8"))))
+        return 0
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+
+    manifest_path = args.zoo / "manifest.json"
+    if not manifest_path.is_file():
+        from modeltrace.benchmark.zoo import build_zoo
+
+        manifest_path = build_zoo(args.zoo, quick=True)
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    from modeltrace.benchmark.zoo import SETTINGS
+
+    settings = SETTINGS["quick" if manifest.get("quick") else "full"]
+    models, skipped = load_models(args.zoo, manifest)
+    if ANCHOR not in models:
+        print(f"{args.zoo}: no loadable {ANCHOR}", file=sys.stderr)
+        return 2
+    print(f"{len(models)} models load with transformers; left out: {skipped}", file=sys.stderr)
+
+    items = cloze_items(settings, models[ANCHOR].backend._tok, args.items, args.seed)
+    cloze = {mid: answer_cloze(m, items) for mid, m in models.items()}
+    accuracy = {mid: sum(a.get(it.id) == it.answer for it in items) / len(items) for mid, a in cloze.items()}
+
+    prompts = generic_prompts(args.prompts, seed=args.seed)
+    from modeltrace.backends.base import Request
+
+    reqs = [Request(prompt=p, max_tokens=4) for p in prompts]
+    cont: dict[str, list[str]] = {}
+    gen_s: dict[str, float] = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # one response cache per run: every model is asked each prompt once, and the method reads it back
+        cache = ResponseCache(Path(tmp) / "responses.sqlite")
+        for mid, m in models.items():
+            t0 = time.perf_counter()
+            cont[mid] = [r.text for r in CachedBackend(m.backend, cache).generate(reqs)]
+            gen_s[mid] = (time.perf_counter() - t0) / len(reqs)
+        for pair in pair_list(models, manifest):
+            a, b, refs = pair["a"], pair["b"], pair["refs"]
+            row: dict[str, Any] = dict(pair)
+            sm = shared_mistakes(items, cloze[a], cloze[b], [cloze[r] for r in refs])
+            ns, ps = mistakes_curve(items, cloze[a], cloze[b], [cloze[r] for r in refs], step=20)
+            n_sm = first_below(ns, ps)
+            per_item_s = sum(models[x].cloze_s for x in (a, b, *refs))
+            structural = shared_mistakes(items, cloze[a], cloze[b])
+            row["shared_mistakes"] = {
+                "p_value": sm.p_value, "null": sm.null,
+                "p_value_structure_null": structural.p_value,
+                "reference_pairs": sm.reference_pairs, "items": sm.n_items, "a_wrong": sm.a_wrong, "b_wrong": sm.b_wrong,
+                "both_wrong": sm.both_wrong, "same_wrong": sm.same_wrong,
+                "expected_same_wrong": round(sm.expected_same_wrong, 2),
+                "items_to_threshold": n_sm,
+                "queries_to_threshold": None if n_sm is None else n_sm * (2 + len(refs)),
+                "seconds_to_threshold": None if n_sm is None else round(n_sm * per_item_s, 3)}
+
+            ctx = CompareContext(Model.open(str(models[a].path)), Model.open(str(models[b].path)), seed=args.seed,
+                                 options={"behaviour": True, "prompts": args.prompts,
+                                          "backend_a": models[a].backend, "backend_b": models[b].backend,
+                                          "references": [CachedBackend(models[r].backend, cache) for r in refs],
+                                          "cache": str(Path(tmp) / "responses.sqlite")})
+            ev = OutputAgreementMethod().run(ctx)
+            ns, ps = agreement_curve(cont[a], cont[b], [cont[r] for r in refs], step=10)
+            n_oa = first_below(ns, ps)
+            per_prompt_s = sum(gen_s[x] for x in (a, b, *refs))
+            row["output_agreement"] = {
+                "p_value": ev.p_value, "agree": ev.details["agree"], "prompts": ev.details["prompts"],
+                "ref_agree": [r["agree"] for r in ev.details.get("references", [])],
+                "prompts_to_threshold": n_oa,
+                "queries_to_threshold": None if n_oa is None else n_oa * (2 + len(refs)),
+                "seconds_to_threshold": None if n_oa is None else round(n_oa * per_prompt_s, 3)}
+
+            actx = CompareContext(ctx.a, ctx.b, seed=args.seed,
+                                  options={"representation": True, "prompts": args.act_prompts},
+                                  shared={"local_a": models[a].backend, "local_b": models[b].backend})
+            t0 = time.perf_counter()
+            am = ActivationMatchMethod().run(actx)
+            row["activation_match"] = {"p_value": am.p_value, "statistic": am.statistic,
+                                       "statement": am.statement, "seconds": round(time.perf_counter() - t0, 3)}
+            for key in ("shared_mistakes", "output_agreement", "activation_match"):
+                p = row[key]["p_value"]
+                row[key]["verdict"] = "derived" if p is not None and p < THRESHOLD else "not derived"
+            rows.append(row)
+            print(f"{pair['a']} ~ {b} [{pair['label']}/{pair['kind']}]: shared-mistakes p={sm.p_value:.3g} "
+                  f"(n*={n_sm}), output-agreement p={ev.p_value:.3g} (n*={n_oa}), "
+                  f"activation-match p={am.p_value if am.p_value is not None else float('nan'):.3g}",
+                  file=sys.stderr)
+        cache.close()
+
+    result = {
+        "schema": "modeltrace.bench-behaviour/1", "zoo": str(args.zoo), "zoo_quick": manifest.get("quick"),
+        "seed": args.seed, "threshold": THRESHOLD, "items": args.items, "prompts": args.prompts,
+        "act_prompts": args.act_prompts, "python": platform.python_version(), "torch": torch.__version__,
+        "accuracy": accuracy, "skipped_models": skipped,
+        "seconds_per_query": {"cloze": {k: round(m.cloze_s, 5) for k, m in models.items()},
+                              "greedy_4_tokens": {k: round(v, 5) for k, v in gen_s.items()}},
+        "pairs": rows, "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} in {result['wall_seconds']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
