@@ -13,3 +13,16 @@ from modeltrace.registry import Registry
 METHODS: Registry[type[EvidenceMethod]] = Registry("evidence method", "modeltrace.evidence")
 
 __all__ = ["METHODS", "CompareContext", "Evidence", "EvidenceMethod", "Transform"]
+METHODS.register("shared-mistakes", "modeltrace.evidence.behaviour:SharedMistakesMethod")
+METHODS.register("output-agreement", "modeltrace.evidence.behaviour:OutputAgreementMethod")
+METHODS.register("activation-match", "modeltrace.evidence.representation:ActivationMatchMethod")
+METHODS.register("representation-cka", "modeltrace.evidence.representation:RepresentationCKAMethod")
+METHODS.register("weight-match", "modeltrace.evidence.weights_match:WeightMatchMethod")
+METHODS.register("weight-identity", "modeltrace.evidence.weights_identity:WeightIdentityMethod")
+METHODS.register("weight-permutation", "modeltrace.evidence.weights_permutation:WeightPermutationMethod")
+METHODS.register("config-match", "modeltrace.evidence.artifacts_config:ConfigMatchMethod")
+METHODS.register("tokenizer-match", "modeltrace.evidence.artifacts_tokenizer:TokenizerMatchMethod")
+METHODS.register("code-clone", "modeltrace.evidence.artifacts_code:CodeCloneMethod")
+METHODS.register("tensor-names", "modeltrace.evidence.artifacts_names:TensorNamesMethod")
+METHODS.register("diagnosis", "modeltrace.evidence.diagnosis:DiagnosisMethod")
+METHODS.register("canary-recall", "modeltrace.evidence.behaviour:CanaryRecallMethod")

@@ -37,6 +37,8 @@ def bonferroni_min(pvalues: Sequence[float]) -> float:
     ps = [floor(p) for p in pvalues]
     if not ps:
         return 1.0
+    if min(ps) <= P_FLOOR:  # a test already at the floor: nothing smaller can be said, nor need be
+        return P_FLOOR
     return floor(len(ps) * min(ps))
 
 

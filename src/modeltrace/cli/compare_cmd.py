@@ -1,0 +1,141 @@
+"""`modeltrace compare A B`: is B derived from A? The verdict first, then the evidence behind it.
+
+`--json` prints the canonical result (schema ``modeltrace.compare/1``). The exit status is 0
+whatever the verdict; 2 for bad input (a missing file, a malformed checkpoint, an unknown method).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from modeltrace.compare import DEFAULT_THRESHOLD, CompareResult
+from modeltrace.compare import compare as run_compare
+from modeltrace.errors import ModelTraceError
+from modeltrace.model import Model
+from modeltrace.textsafe import escape
+
+VERDICT_STYLE = {"derived": "bold red", "independent": "bold green", "inconclusive": "bold yellow"}
+LAYER_ROWS_SHOWN = 40
+
+
+def _t(value: object, limit: int = 300) -> Text:
+    """Untrusted text (names from model files) as rich Text: escaped, never parsed as markup."""
+    return Text(escape(value, limit=limit))
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.3g}" if p >= 1e-4 or p == 0 else f"{p:.2e}"
+
+
+def _threshold(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value) or not 0 < value < 1:
+        raise click.BadParameter(f"must be a number between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def render(result: CompareResult, console: Console) -> None:
+    """The human form of a compare result, the verdict on the first line."""
+    head = Text()
+    head.append(result.verdict.upper(), style=VERDICT_STYLE.get(result.verdict, "bold"))
+    head.append(f"  combined p = {_p(result.p_value)} (threshold {result.threshold:g})")
+    console.print(head)
+    console.print(_t(result.reason, limit=600))
+    console.print(Text("A: ") + _t(result.a) + Text("   B: ") + _t(result.b))
+
+    table = Table(title="Evidence", title_justify="left")
+    table.add_column("method", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("p-value", justify="right", no_wrap=True)
+    table.add_column("statistic", justify="right", no_wrap=True)
+    for e in result.evidence:
+        stat = "-" if e.statistic is None else f"{e.statistic:.4g}"
+        status = e.status + (" (low power)" if e.status == "ok" and e.p_value is not None and not e.powered else "")
+        table.add_row(_t(e.method), _t(status), _p(e.p_value), stat)
+    console.print(table)
+    for e in result.evidence:
+        console.print(Text("  ") + _t(e.method) + Text(": ") + _t(e.statement, limit=400))
+
+    if result.transforms:
+        tt = Table(title="How B differs from A", title_justify="left")
+        tt.add_column("kind")
+        tt.add_column("summary", overflow="fold")
+        for t in result.transforms:
+            tt.add_row(_t(t.kind), _t(t.summary, limit=400))
+        console.print(tt)
+    if result.layer_map:
+        lt = Table(title="Layer correspondence (B layer <- A layer)", title_justify="left")
+        for col in ("component", "B layer", "A layer", "score"):
+            lt.add_column(col, justify="left" if col == "component" else "right")
+        for row in result.layer_map[:LAYER_ROWS_SHOWN]:
+            lt.add_row(_t(row.get("component", "")), str(row.get("b_layer")),
+                       "-" if row.get("a_layer") is None else str(row.get("a_layer")),
+                       "-" if row.get("score") is None else f"{row['score']:.3f}")
+        console.print(lt)
+        if len(result.layer_map) > LAYER_ROWS_SHOWN:
+            console.print(f"... {len(result.layer_map) - LAYER_ROWS_SHOWN} more layer(s) in --json output")
+    if result.rename_map:
+        prefixes: dict[str, Any] = {}
+        for t in result.transforms:
+            if t.kind == "rename":
+                prefixes = dict(t.estimates.get("prefix_map") or {})
+        line = Text(f"{len(result.rename_map)} tensor(s) renamed")
+        if prefixes:
+            line += Text("; prefixes: ") + _t(", ".join(f"{k} -> {v}" for k, v in prefixes.items()))
+        console.print(line)
+
+
+@click.command("compare")
+@click.argument("model_a", metavar="A")
+@click.argument("model_b", metavar="B")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema modeltrace.compare/1).")
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True, callback=_threshold,
+              help="Combined p-value below which B is called derived.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Run only these evidence methods (repeatable); default: all.")
+@click.option("--download", is_flag=True, help="Allow fetching hf: references that are not in the local cache.")
+@click.option("--hash", "hash_files", is_flag=True, help="Record the sha256 of every weight file read.")
+@click.pass_context
+def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, threshold: float, seed: int,
+            methods: tuple[str, ...], download: bool, hash_files: bool) -> None:
+    """Is model B derived from model A? Weight evidence with calibrated p-values."""
+    try:
+        a = Model.open(model_a, allow_download=download)
+        b = Model.open(model_b, allow_download=download)
+        try:
+            for m in (a, b):  # a malformed checkpoint is bad input (exit 2), not a finding
+                if m.weight_files:
+                    m.source.infos()
+            result = run_compare(a, b, methods=list(methods) or None, threshold=threshold, seed=seed,
+                                 options={"threshold": threshold}, hash_files=hash_files)
+        finally:
+            a.close()
+            b.close()
+    except ModelTraceError as exc:
+        click.echo(f"error: {escape(str(exc), limit=2000)}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {escape(exc.hint, limit=2000)}", err=True)
+        ctx.exit(2)
+        return
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=_jsonable))
+    else:
+        render(result, Console(file=sys.stdout, highlight=False, soft_wrap=False))
+
+
+def _jsonable(obj: object) -> object:
+    """numpy scalars and arrays that slip into details become plain JSON values."""
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return str(obj)

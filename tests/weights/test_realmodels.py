@@ -1,0 +1,45 @@
+"""The labelled real pairs (../shared/realmodels/pairs.json) come out as labelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modeltrace.compare import compare
+from modeltrace.model import Model
+
+WEIGHT_METHODS = ["weight-match", "weight-identity", "weight-permutation"]
+
+
+def _compare(root: Path, a: str, b: str):  # type: ignore[no-untyped-def]
+    for name in (a, b):
+        if not (root / name).is_dir():
+            pytest.skip(f"real model {name} absent from {root}")
+    with Model.open(str(root / a)) as ma, Model.open(str(root / b)) as mb:
+        return compare(ma, mb, methods=WEIGHT_METHODS)
+
+
+@pytest.mark.realmodels
+@pytest.mark.slow
+@pytest.mark.parametrize(("pid", "a", "b"), [
+    ("P01", "all-minilm-l6-v2", "all-minilm-l6-v2-int8-onnx"),
+    ("P02", "all-minilm-l6-v2", "all-minilm-l6-v2-rebrand-internal"),
+])
+def test_derived_pairs(realmodels: Path, pid: str, a: str, b: str) -> None:
+    r = _compare(realmodels, a, b)
+    assert r.verdict == "derived" and r.p_value < 1e-100, pid
+    assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(i, i) for i in range(6)]
+
+
+@pytest.mark.realmodels
+@pytest.mark.slow
+@pytest.mark.parametrize(("pid", "a", "b"), [
+    ("N16", "efficientnet-lite0", "efficientnet-lite1"),
+    ("N22", "smollm2-135m-instruct-q4_1", "gemma-3-270m-q4_k_m"),
+    ("N23", "gemma-3-270m-q4_k_m", "qwen2.5-coder-0.5b-instruct-awq-q4_k_m"),
+])
+def test_independent_pairs(realmodels: Path, pid: str, a: str, b: str) -> None:
+    r = _compare(realmodels, a, b)
+    assert r.verdict != "derived", pid
+    assert r.p_value > 1e-3
