@@ -74,6 +74,11 @@ class Model:
                        and ".cache" not in p.relative_to(path).parts)
         return cls(ref=ref, root=path, weight_files=_choose_weights(path, files), files=files)
 
+    @classmethod
+    def remote(cls, ref: str) -> Model:
+        """A model known only through an endpoint: no files, so only behaviour methods apply."""
+        return cls(ref=ref, root=Path.cwd(), weight_files=[], single_file=True, files=[])
+
     # --- weights -------------------------------------------------------------------------
     @property
     def source(self) -> TensorSource:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -105,19 +106,53 @@ def render(result: CompareResult, console: Console) -> None:
               help="Run only these evidence methods (repeatable); default: all.")
 @click.option("--download", is_flag=True, help="Allow fetching hf: references that are not in the local cache.")
 @click.option("--hash", "hash_files", is_flag=True, help="Record the sha256 of every weight file read.")
+@click.option("--probes", type=click.Path(exists=True, path_type=Path), metavar="SET",
+              help="A probe set with known answers: run the shared-mistakes and canary tests on it.")
+@click.option("--behaviour", is_flag=True,
+              help="Also run both models (locally or at their endpoints): output agreement and representations.")
+@click.option("--reference", "references", multiple=True, metavar="REF",
+              help="A model known to be unrelated to A (folder or endpoint; repeatable): the measured null of "
+                   "the behaviour tests.")
+@click.option("--other", metavar="REF", help="A third model B may be a merge of: estimate mixing coefficients.")
+@click.option("--code", "code", multiple=True, metavar="a=PATH|b=PATH",
+              help="Extra modelling code for A or B (repeatable), compared but never run.")
+@click.option("--prompts", type=int, default=200, show_default=True, help="Prompts for the behaviour tests.")
+@click.option("--cache", type=click.Path(path_type=Path), help="Response cache (default ~/.cache/modeltrace).")
 @click.pass_context
 def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, threshold: float, seed: int,
-            methods: tuple[str, ...], download: bool, hash_files: bool) -> None:
-    """Is model B derived from model A? Weight evidence with calibrated p-values."""
+            methods: tuple[str, ...], download: bool, hash_files: bool, probes: Path | None, behaviour: bool,
+            references: tuple[str, ...], other: str | None, code: tuple[str, ...], prompts: int,
+            cache: Path | None) -> None:
+    """Is model B derived from model A? Weight, artifact and (when asked) behaviour evidence.
+
+    A and B are folders, weight files or hf:org/name[@rev]; either may also be an endpoint
+    (openai:URL#MODEL or http(s)://host:port/v1#MODEL), which only the behaviour tests can use.
+    """
+    from modeltrace.backends.resolve import is_endpoint
+
+    options: dict[str, Any] = {"threshold": threshold, "prompts": prompts, "behaviour": behaviour,
+                               "references": list(references), "code": list(code)}
+    if probes is not None:
+        options["probes"] = str(probes)
+    if cache is not None:
+        options["cache"] = str(cache)
+    if other:
+        options["other"] = other
     try:
-        a = Model.open(model_a, allow_download=download)
-        b = Model.open(model_b, allow_download=download)
+        opened = []
+        for side, ref in (("a", model_a), ("b", model_b)):
+            if is_endpoint(ref):
+                options[f"endpoint_{side}"] = ref
+                opened.append(Model.remote(ref))
+            else:
+                opened.append(Model.open(ref, allow_download=download))
+        a, b = opened
         try:
             for m in (a, b):  # a malformed checkpoint is bad input (exit 2), not a finding
                 if m.weight_files:
                     m.source.infos()
             result = run_compare(a, b, methods=list(methods) or None, threshold=threshold, seed=seed,
-                                 options={"threshold": threshold}, hash_files=hash_files)
+                                 options=options, hash_files=hash_files)
         finally:
             a.close()
             b.close()
