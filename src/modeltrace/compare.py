@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from modeltrace import __version__
@@ -62,7 +62,7 @@ class CompareResult:
                 "tool": f"modeltrace {__version__}",
                 "python": platform.python_version(),
                 "seed": self.seed,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "elapsed_s": round(self.elapsed_s, 3),
                 "inputs": self.inputs,
             },

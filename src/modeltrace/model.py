@@ -139,7 +139,7 @@ class Model:
 
     @property
     def tokenizer_files(self) -> list[Path]:
-        return [p for name in TOKENIZER_FILES if (p := self.file(name)) is not None]  # type: ignore[misc]
+        return [p for name in TOKENIZER_FILES if (p := self.file(name)) is not None]
 
     @property
     def code_files(self) -> list[Path]:

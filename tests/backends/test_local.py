@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from modeltrace.backends.base import Request  # noqa: E402
-from modeltrace.backends.local import TransformersBackend  # noqa: E402
-from modeltrace.errors import BackendError  # noqa: E402
+from tinylm import write_tiny_llama
 
-from tinylm import write_tiny_llama  # noqa: E402
+from modeltrace.backends.base import Request
+from modeltrace.backends.local import TransformersBackend
+from modeltrace.errors import BackendError
 
 
 @pytest.fixture(scope="module")

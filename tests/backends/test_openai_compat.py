@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from fakeserver import FaultPlan, fake_openai_server
 
 from modeltrace.backends.base import Request
 from modeltrace.backends.openai_compat import OpenAICompatBackend, build_payload, parse_response
 from modeltrace.errors import BackendError
-
-from fakeserver import FaultPlan, fake_openai_server
 
 
 def test_payload_and_parse_completion() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-from fakeserver import FaultPlan, fake_openai_server  # noqa: E402
+from fakeserver import FaultPlan, fake_openai_server
 
-from modeltrace.cli import cli  # noqa: E402
+from modeltrace.cli import cli
 
 
 def test_probe_run_against_endpoints(tmp_path: Path) -> None:
@@ -34,8 +34,9 @@ def test_same_model_identical_endpoints(tmp_path: Path) -> None:
 
 
 def test_endpoint_without_model_name_is_a_clear_error(tmp_path: Path) -> None:
-    from modeltrace.cli import main
     import pytest
+
+    from modeltrace.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["probe", "run", str(tmp_path), "http://127.0.0.1:9"])

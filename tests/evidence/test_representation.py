@@ -10,10 +10,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
-from tinylm import write_tiny_llama  # noqa: E402
+from tinylm import write_tiny_llama
 
-from modeltrace.compare import compare  # noqa: E402
-from modeltrace.model import Model  # noqa: E402
+from modeltrace.compare import compare
+from modeltrace.model import Model
 
 
 def rotate_copy(src: Path, dst: Path, seed: int = 0) -> None:

@@ -89,8 +89,7 @@ class OpenAICompatBackend(Backend):
         import httpx
 
         self.base_url = base_url.rstrip("/")
-        if self.base_url.endswith("/v1"):
-            self.base_url = self.base_url[:-3]
+        self.base_url = self.base_url.removesuffix("/v1")
         self.model = model
         self.concurrency = max(1, concurrency)
         self.max_retries = max_retries

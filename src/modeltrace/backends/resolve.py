@@ -28,7 +28,7 @@ def open_backend(ref: str, *, concurrency: int = 4) -> Backend:
     if is_endpoint(ref):
         from modeltrace.backends.openai_compat import OpenAICompatBackend
 
-        url = ref[len("openai:"):] if ref.startswith("openai:") else ref
+        url = ref.removeprefix("openai:")
         url, _, model = url.partition("#")
         if not model:
             raise BackendError(f"{ref}: name the served model after '#', e.g. http://127.0.0.1:8080/v1#my-model")

@@ -40,9 +40,11 @@ class LazyGroup(click.Group):
         try:
             cmd = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            @click.command(cmd_name, help=f"(unavailable: {exc})")
+            why = str(exc)  # `exc` itself is unbound once the except block ends
+
+            @click.command(cmd_name, help=f"(unavailable: {why})")
             def unavailable() -> None:
-                raise ModelTraceError(f"command {cmd_name!r} is unavailable: {exc}",
+                raise ModelTraceError(f"command {cmd_name!r} is unavailable: {why}",
                                       hint="install the extra it needs, e.g. pip install 'modeltrace[dev]'")
             return unavailable
         assert isinstance(cmd, click.Command)

@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def commit(ps: ProbeSet, *, secret: bytes | None = None, date: str | None = None
         "schema": SCHEMA,
         "root": root.hex(),
         "n_items": len(ps.items),
-        "date": date or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": date or datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": f"modeltrace {__version__}",
         "construction": "leaf=sha256(0x00||hmac_sha256(secret,'leaf:'||i)||canonical_item); "
                         "node=sha256(0x01||left||right); odd node promoted",

@@ -106,6 +106,5 @@ def save_probe_set(root: str | Path, items: list[ProbeItem]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     out = root / ITEMS_FILE
     with open(out, "w", encoding="utf-8") as fh:
-        for it in items:
-            fh.write(json.dumps(it.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
+        fh.writelines(json.dumps(it.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for it in items)
     return out

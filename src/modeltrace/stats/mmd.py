@@ -26,7 +26,8 @@ def hamming_kernel(texts: Sequence[str], length: int) -> np.ndarray:
     pad = codes < 0
     eq = (codes[:, None, :] == codes[None, :, :]) & ~(pad[:, None, :] & pad[None, :, :])
     both_pad = pad[:, None, :] & pad[None, :, :]
-    return ((eq | both_pad).sum(axis=2) / length).astype(np.float64)
+    out: np.ndarray = ((eq | both_pad).sum(axis=2) / length).astype(np.float64)
+    return out
 
 
 def _mmd2(k: np.ndarray, lab: np.ndarray) -> float:
