@@ -5,9 +5,14 @@ config.json and a tokenizer.json of Llama-3's size, then measures:
 
 * `modeltrace inspect` in a fresh process: wall time and peak resident memory (targets: < 2 s, < 300 MB);
 * reading every tensor as float32, shard by shard with the shard in the page cache, against `cat` over
-  the same shard with the same warm cache (target: >= 70 % of cat's bytes per second);
-* peak resident memory of one process reading every tensor of the model (target: < 2 x the largest
-  tensor + 300 MB; the largest tensor is counted both as stored and as the float32 array returned).
+  the same shard with the same warm cache (target: >= 70 % of cat's speed, both counted in bytes of the
+  files read per second): `cat`, `source.read(name)` for every tensor, and `source.read_into(name, buf)`
+  with one reused buffer, run in turn several times so that changes in the machine's load hit all three
+  alike; medians of wall time and CPU time;
+* peak resident memory of one process reading every tensor of the model, with `read` and with
+  `read_into` (target: < 2 x the largest tensor + 300 MB; the largest tensor is counted both as stored
+  and as the float32 array returned);
+* where the time of a bf16 read goes, step by step on 1 GiB of the last shard (`breakdown`).
 
 Run: .venv/bin/python bench/bench_readers.py --out bench/results/readers.json
 """
@@ -193,11 +198,16 @@ def run_rusage(cmd: list[str]) -> dict[str, Any]:
                 "stdout": out.read().decode()}
 
 
-def worker_read(folder: Path, shard: str | None, via_mmap: bool = False) -> None:
+MODES = ("read", "read_into", "mmap")
+
+
+def worker_read(folder: Path, shard: str | None, mode: str = "read") -> None:
     """Read every tensor (of one shard, or of the model) as float32; print what was read and how fast.
 
-    With `via_mmap`, convert zero-copy views of a memory map in one go (the reader's earlier read
-    path, kept as the baseline): `raw_to_float32(reader.raw(name), dtype)`.
+    Iterates `Model.open(folder).source` as a user would. `read`: `source.read(name)`, a fresh array
+    per tensor. `read_into`: `source.read_into(name, buf)` with one buffer from
+    `source.read_buffer(names)`, allocated inside the timed loop. `mmap`: the reader's earlier read path, kept as a
+    baseline: `raw_to_float32(reader.raw(name), dtype)` on zero-copy views of a memory map.
     """
     sys.path.insert(0, str(REPO / "src"))
     from modeltrace.formats.base import raw_to_float32
@@ -206,7 +216,7 @@ def worker_read(folder: Path, shard: str | None, via_mmap: bool = False) -> None
 
     with Model.open(str(folder)) as model:
         src = model.source
-        if via_mmap:
+        if mode == "mmap":
             readers = {p.name: SafetensorsReader(p) for p in model.weight_files}
 
             class _Mapped:
@@ -225,8 +235,10 @@ def worker_read(folder: Path, shard: str | None, via_mmap: bool = False) -> None
         largest = 0
         c0 = _cpu()
         t0 = time.perf_counter()
+        if mode == "read_into":
+            buf = src.read_buffer(names)
         for name in names:
-            arr = reader.read(name)
+            arr = src.read_into(name, buf) if mode == "read_into" else reader.read(name)
             assert arr.dtype == np.float32
             elems += arr.size
             largest = max(largest, arr.nbytes)
@@ -235,6 +247,59 @@ def worker_read(folder: Path, shard: str | None, via_mmap: bool = False) -> None
         cpu = _cpu() - c0
     print(json.dumps({"tensors": len(names), "elements": elems, "file_bytes": stored, "read_s": dt, "read_cpu_s": cpu,
                       "largest_f32_bytes": largest}))
+
+
+def breakdown(shard: Path, repeats: int, nbytes: int = 1 << 30) -> dict[str, Any]:
+    """Where the time of a bf16 read goes: CPU and wall seconds of each step on `nbytes` of one shard.
+
+    All steps run in turn `repeats` times (medians reported) on the same warm bytes: reading alone into a
+    256 KB buffer (what `cat` does), a memcpy of the float32 output size (the fastest this core writes
+    that much memory), the reader's conversion into a reused array, the same into a fresh array (the
+    allocation and first touch included), and the reused-array conversion split over two threads.
+    """
+    import threading
+
+    sys.path.insert(0, str(REPO / "src"))
+    from modeltrace.formats.base import pread_float32
+
+    with open(shard, "rb") as fh:
+        start = 8 + int.from_bytes(fh.read(8), "little")
+    nbytes = min(nbytes, shard.stat().st_size - start) // 4 * 4
+    n = nbytes // 2
+    fd = os.open(shard, os.O_RDONLY)
+    buf = bytearray(256 * 1024)
+    out = np.ones(n, dtype=np.float32)
+    other = np.ones(n, dtype=np.float32)
+
+    def pread_only() -> None:
+        for off in range(0, nbytes, len(buf)):
+            os.preadv(fd, [buf], start + off)
+
+    def two_threads() -> None:
+        h = n // 2
+        t = threading.Thread(target=pread_float32, args=(fd, shard, start + 2 * h, nbytes - 2 * h, "BF16"),
+                             kwargs={"out": out[h:]})
+        t.start()
+        pread_float32(fd, shard, start, 2 * h, "BF16", out=out[:h])
+        t.join()
+
+    steps = {"pread_only": pread_only, "memcpy_output_size": lambda: np.copyto(out, other),
+             "convert_into_reused": lambda: pread_float32(fd, shard, start, nbytes, "BF16", out=out),
+             "convert_fresh": lambda: pread_float32(fd, shard, start, nbytes, "BF16"),
+             "convert_into_reused_2_threads": two_threads}
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
+    try:
+        pread_only()  # warm
+        for _ in range(repeats):
+            for name, step in steps.items():
+                c0, t0 = _cpu(), time.perf_counter()
+                step()
+                got[name].append((time.perf_counter() - t0, _cpu() - c0))
+    finally:
+        os.close(fd)
+    return {"shard": shard.name, "bf16_bytes": nbytes, "float32_bytes": 2 * nbytes, "load_average_1m":
+            os.getloadavg()[0], **{k: {"wall_s": statistics.median(w for w, _ in v),
+                                       "cpu_s": statistics.median(c for _, c in v)} for k, v in got.items()}}
 
 
 def _cpu() -> float:
@@ -258,12 +323,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--worker-read", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--via-mmap", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--no-baseline", action="store_true",
-                    help="skip the baseline read through a memory map (the earlier read path)")
+    ap.add_argument("--mode", choices=MODES, default="read", help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time the earlier read path (a memory map, converted in one go) once per shard")
     args = ap.parse_args()
     if args.worker_read:
-        worker_read(args.worker_read, args.shard, args.via_mmap)
+        worker_read(args.worker_read, args.shard, args.mode)
         return
     shape = TINY if args.tiny else Shape()
     folder = args.cache or REPO / "bench" / "cache" / ("tiny-llama-shape" if args.tiny else "llama3-8b-shape")
@@ -311,64 +376,78 @@ def main() -> None:
     assert report["parameters"] == params, (report["parameters"], params)
     print(json.dumps(result["inspect"]), file=sys.stderr)
 
-    # 2. per shard, warm cache: cat vs reading every tensor as float32 (wall time, and CPU time, which
-    # depends less on how many other processes share the machine)
+    # 2. per shard, warm cache: cat, read and read_into in turn, `repeats` times (wall time, and CPU time,
+    # which depends less on how many other processes share the machine)
+    me = str(Path(__file__).resolve())
+
+    def worker(shard: str | None, mode: str) -> dict[str, Any]:
+        cmd = [py, me, "--worker-read", str(folder), "--mode", mode]
+        r = run_rusage(cmd + (["--shard", shard] if shard else []))
+        w = json.loads(r["stdout"])
+        return {"read_s": w["read_s"], "read_cpu_s": w["read_cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
+                "elements": w["elements"]}
+
     per_shard = []
+    loads = []
     for shard in shards:
         cat_run(shard)  # warm the page cache
-        cats = [cat_run(shard) for _ in range(2)]
-        r = run_rusage([py, str(Path(__file__).resolve()), "--worker-read", str(folder), "--shard", shard.name])
-        w = json.loads(r["stdout"])
-        cats.append(cat_run(shard))
-        entry = {"shard": shard.name, "bytes": shard.stat().st_size,
-                 "cat_s": [c["wall_s"] for c in cats], "cat_cpu_s": [c["cpu_s"] for c in cats],
-                 "read_s": w["read_s"], "read_cpu_s": w["read_cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
-                 "tensors": w["tensors"]}
-        if not args.no_baseline:
-            b = run_rusage([py, str(Path(__file__).resolve()), "--worker-read", str(folder), "--shard", shard.name,
-                            "--via-mmap"])
-            wb = json.loads(b["stdout"])
-            entry["mmap_baseline"] = {"read_s": wb["read_s"], "read_cpu_s": wb["read_cpu_s"],
-                                      "peak_rss_mb": b["peak_rss_mb"]}
+        entry: dict[str, Any] = {"shard": shard.name, "bytes": shard.stat().st_size, "cat": [], "read": [],
+                                 "read_into": [], "load_average_1m": []}
+        for _ in range(args.repeats):
+            entry["load_average_1m"].append(os.getloadavg()[0])
+            entry["cat"].append(cat_run(shard))
+            entry["read"].append(worker(shard.name, "read"))
+            entry["read_into"].append(worker(shard.name, "read_into"))
+        if args.baseline:
+            entry["mmap_baseline"] = worker(shard.name, "mmap")
+        loads += entry["load_average_1m"]
         per_shard.append(entry)
         print(json.dumps(per_shard[-1]), file=sys.stderr)
     total_bytes = sum(s["bytes"] for s in per_shard)
-    cat_best = sum(min(s["cat_s"]) for s in per_shard)
-    cat_median = sum(statistics.median(s["cat_s"]) for s in per_shard)
-    cat_cpu = sum(min(s["cat_cpu_s"]) for s in per_shard)
-    read_total = sum(s["read_s"] for s in per_shard)
-    read_cpu = sum(s["read_cpu_s"] for s in per_shard)
-    result["read_warm"] = {
-        "per_shard": per_shard,
-        "cat_gb_per_s_best": total_bytes / cat_best / 1e9,
-        "cat_gb_per_s_median": total_bytes / cat_median / 1e9,
-        "read_gb_per_s": total_bytes / read_total / 1e9,
-        "ratio_vs_cat_best": cat_best / read_total,
-        "ratio_vs_cat_median": cat_median / read_total,
-        "cat_cpu_s": cat_cpu, "read_cpu_s": read_cpu, "ratio_cpu": cat_cpu / read_cpu,
-        "mmap_baseline": None if args.no_baseline else {
-            "read_gb_per_s": total_bytes / sum(s["mmap_baseline"]["read_s"] for s in per_shard) / 1e9,
-            "read_cpu_s": sum(s["mmap_baseline"]["read_cpu_s"] for s in per_shard),
-            "peak_rss_mb": max(s["mmap_baseline"]["peak_rss_mb"] for s in per_shard)},
-        "target_ratio": 0.7,
-        "met": cat_best / read_total >= 0.7,
-    }
 
-    # 3. one process reading every tensor of the model: peak memory
-    r = run_rusage([py, str(Path(__file__).resolve()), "--worker-read", str(folder)])
-    w = json.loads(r["stdout"])
-    assert w["elements"] == params
+    def med(key: str, field: str) -> float:
+        """Sum over shards of each shard's median."""
+        return sum(statistics.median(r[field] for r in s[key]) for s in per_shard)
+
+    cat_wall, cat_cpu = med("cat", "wall_s"), med("cat", "cpu_s")
+    cat_best = sum(min(r["wall_s"] for r in s["cat"]) for s in per_shard)
+    summary: dict[str, Any] = {
+        "basis": "bytes of the safetensors files read per second, for cat and the readers alike",
+        "repeats": args.repeats, "load_average_1m": {"min": min(loads), "median": statistics.median(loads),
+                                                     "max": max(loads)},
+        "cat": {"wall_s": cat_wall, "cpu_s": cat_cpu, "gb_per_s": total_bytes / cat_wall / 1e9,
+                "gb_per_s_best": total_bytes / cat_best / 1e9},
+    }
+    for mode in ("read", "read_into"):
+        wall, cpu = med(mode, "read_s"), med(mode, "read_cpu_s")
+        summary[mode] = {"wall_s": wall, "cpu_s": cpu, "gb_per_s": total_bytes / wall / 1e9,
+                         "ratio_vs_cat": cat_wall / wall, "ratio_vs_cat_cpu": cat_cpu / cpu,
+                         "met": cat_wall / wall >= 0.7}
+    if args.baseline:
+        wall = sum(s["mmap_baseline"]["read_s"] for s in per_shard)
+        summary["mmap_baseline"] = {"wall_s": wall, "cpu_s": sum(s["mmap_baseline"]["read_cpu_s"] for s in per_shard),
+                                    "gb_per_s": total_bytes / wall / 1e9}
+    result["read_warm"] = {"per_shard": per_shard, **summary, "target_ratio": 0.7,
+                           "met": summary["read_into"]["met"] or summary["read"]["met"]}
+
+    # 3. one process reading every tensor of the model: peak memory, both ways of reading
     lim_f32 = 2 * largest_elems * 4 / MB + 300
     lim_stored = 2 * largest_elems * 2 / MB + 300
-    result["read_all"] = {
-        "wall_s": r["wall_s"], "read_s": w["read_s"], "read_cpu_s": w["read_cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
-        "limit_mb_largest_as_float32": lim_f32, "limit_mb_largest_as_stored": lim_stored,
-        "met_float32": r["peak_rss_mb"] < lim_f32, "met_stored": r["peak_rss_mb"] < lim_stored,
-    }
+    result["read_all"] = {"limit_mb_largest_as_float32": lim_f32, "limit_mb_largest_as_stored": lim_stored}
+    for mode in ("read", "read_into"):
+        w = worker(None, mode)
+        assert w["elements"] == params
+        result["read_all"][mode] = {**w, "gb_per_s": result["files_bytes"] / w["read_s"] / 1e9,
+                                    "met_float32": w["peak_rss_mb"] < lim_f32,
+                                    "met_stored": w["peak_rss_mb"] < lim_stored}
+        print(json.dumps(result["read_all"][mode]), file=sys.stderr)
+    # 4. where the time goes, on 1 GiB of the last shard
+    result["breakdown"] = breakdown(shards[-1], args.repeats)
+    print(json.dumps(result["breakdown"]), file=sys.stderr)
     result["machine"]["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("inspect", "read_all")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("inspect", "read_all", "breakdown")}, indent=2))
     print(json.dumps({k: v for k, v in result["read_warm"].items() if k != "per_shard"}, indent=2))
 
 

@@ -39,6 +39,9 @@ def test_round_trip_plain_dtypes(tmp_path: Path, rng: np.random.Generator) -> No
             got = src.read(name)
             assert got.dtype == np.float32 and got.shape == arr.shape
             np.testing.assert_array_equal(got, arr.astype(np.float32))
+            into = src.read_into(name, np.empty(16, dtype=np.float32))
+            assert into.shape == arr.shape  # scalars and empty tensors too
+            np.testing.assert_array_equal(into, arr.astype(np.float32))
         assert sum(i.numel for i in infos.values()) == 12 + 5 + 8 + 7 + 1 + 0
 
 
@@ -132,11 +135,16 @@ def test_chunked_reads_equal_whole_conversion(tmp_path: Path, monkeypatch: pytes
     p = raw_safetensors(tmp_path / "m.safetensors", {"t": {"dtype": dtype, "shape": [1000],
                                                            "data_offsets": [0, raw.size]}}, raw.tobytes())
     want = raw_to_float32(raw, dtype)
+    buf = np.full(1005, -7.0, dtype=np.float32)
     with SafetensorsReader(p) as src:
         got = src.read("t")
         rows = src.read_rows("t", 37, 911)
+        into = src.read_into("t", buf)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(rows, want[37:911])
+    np.testing.assert_array_equal(into, want)
+    assert into.shape == (1000,) and np.shares_memory(into, buf)
+    np.testing.assert_array_equal(buf[1000:], -7.0)  # past the tensor, the buffer is left alone
 
 
 def test_sharded_folder_reads_like_single_file(tmp_path: Path) -> None:
@@ -153,6 +161,57 @@ def test_sharded_folder_reads_like_single_file(tmp_path: Path) -> None:
             np.testing.assert_array_equal(single.source.read(name), sharded.source.read(name))
         assert b["model.norm.weight"].file.endswith(("00001-of-00003.safetensors", "00002-of-00003.safetensors",
                                                       "00003-of-00003.safetensors"))
+
+
+def test_read_into_reuses_one_buffer_across_a_sharded_model(tmp_path: Path) -> None:
+    with Model.open(str(llama_folder(tmp_path / "three", np.random.default_rng(5), shards=3))) as model:
+        src = model.source
+        infos = src.infos()
+        buf = src.read_buffer()
+        assert buf.dtype == np.float32 and buf.shape == (max(i.numel for i in infos.values()),)
+        assert src.read_buffer(["model.norm.weight"]).shape == (infos["model.norm.weight"].numel,)
+        assert src.read_buffer([]).shape == (0,)
+        with pytest.raises(FormatError):
+            src.read_buffer(["no.such.tensor"])
+        for name, info in infos.items():
+            got = src.read_into(name, buf)
+            assert got.shape == info.shape and got.dtype == np.float32 and np.shares_memory(got, buf)
+            np.testing.assert_array_equal(got, src.read(name))
+
+
+def test_read_into_default_copies_what_read_returns(tmp_path: Path) -> None:
+    """Readers without their own `read_into` get one from the base class."""
+    from modeltrace.formats.base import TensorInfo, TensorSource
+
+    class Fixed(TensorSource):
+        def infos(self) -> dict[str, TensorInfo]:
+            return {"t": TensorInfo("t", (2, 3), "F32", "x")}
+
+        def read(self, name: str) -> np.ndarray:
+            return np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    buf = np.zeros((4, 2), dtype=np.float32)  # any shape with enough elements
+    got = Fixed(tmp_path).read_into("t", buf)
+    np.testing.assert_array_equal(got, np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert np.shares_memory(got, buf) and buf.ravel()[6:].tolist() == [0.0, 0.0]
+
+
+def test_read_into_rejects_unusable_buffers(tmp_path: Path) -> None:
+    p = write_safetensors(tmp_path / "m.safetensors", {"a": np.ones((3, 4), dtype=np.float32)})
+    ro = np.zeros(12, dtype=np.float32)
+    ro.flags.writeable = False
+    cases: list[tuple[object, type[Exception], str]] = [
+        (np.zeros(12, dtype=np.float64), TypeError, "out must be a float32 numpy array, got float64"),
+        ([0.0] * 12, TypeError, "out must be a float32 numpy array, got list"),
+        (np.zeros(24, dtype=np.float32)[::2], ValueError, "out must be a writable C-contiguous array"),
+        (ro, ValueError, "out must be a writable C-contiguous array"),
+        (np.zeros(11, dtype=np.float32), ValueError, "out has 11 elements, the tensor needs 12"),
+    ]
+    with SafetensorsReader(p) as src:
+        for out, exc, message in cases:
+            with pytest.raises(exc) as err:
+                src.read_into("a", out)  # type: ignore[arg-type]
+            assert str(err.value) == message
 
 
 def _entry(dtype: str = "F32", shape: list[int] | None = None, offs: list[int] | None = None) -> dict[str, object]:

@@ -10,6 +10,7 @@ import mmap
 import os
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +55,29 @@ class TensorSource(ABC):
     def read(self, name: str) -> np.ndarray:
         """The whole tensor as a float32 array (dequantized where needed)."""
 
+    def read_buffer(self, names: Iterable[str] | None = None) -> np.ndarray:
+        """An uninitialised flat float32 array large enough for any of `names` (default: every tensor).
+
+        Made for `read_into`, allocated as `empty_float32` does: large numpy allocations can stall for
+        seconds while the kernel compacts memory for huge pages.
+        """
+        infos = self.infos()
+        wanted = infos if names is None else [self.info(n).name for n in names]
+        return empty_float32(max((infos[n].numel for n in wanted), default=0))
+
+    def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
+        """The tensor as float32, written into the leading elements of `out` and returned as a view of it.
+
+        For loops over many tensors: one buffer (see `read_buffer`), reused, saves the allocation and
+        first touch of a fresh array per tensor, which costs more CPU time than the conversion itself.
+        `out` must be a writable C-contiguous float32 array with at least as many elements as the
+        tensor. Readers override this to convert straight into `out`; this default copies `read`'s result.
+        """
+        arr = self.read(name)
+        dest = float32_destination(out, arr.size).reshape(arr.shape)
+        np.copyto(dest, arr)
+        return dest
+
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows `start:stop` of the leading axis as float32; readers override to avoid a full read."""
         return np.ascontiguousarray(self.read(name)[start:stop])
@@ -76,6 +100,18 @@ class TensorSource(ABC):
         if name not in infos:
             raise FormatError(self.path, "no such tensor", tensor=name)
         return infos[name]
+
+
+def float32_destination(out: np.ndarray, n: int) -> np.ndarray:
+    """The first `n` elements of `out` as a flat writable view; a clear error for an unusable buffer."""
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        got = out.dtype if isinstance(out, np.ndarray) else type(out).__name__
+        raise TypeError(f"out must be a float32 numpy array, got {got}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writable C-contiguous array")
+    if out.size < n:
+        raise ValueError(f"out has {out.size} elements, the tensor needs {n}")
+    return out.reshape(-1)[:n]
 
 
 def _fp8_e4m3fn_table() -> np.ndarray:
@@ -113,10 +149,9 @@ def raw_to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         return out.view(np.float32)
     if dtype == "F64":
         return raw.view("<f8").astype(np.float32)
-    if dtype == "F8_E4M3":
-        return FP8_E4M3FN[raw]
-    if dtype == "F8_E5M2":
-        return FP8_E5M2[raw]
+    if dtype in ("F8_E4M3", "F8_E5M2"):
+        table: np.ndarray = FP8_E4M3FN if dtype == "F8_E4M3" else FP8_E5M2
+        return np.take(table, raw)
     ints = {"I8": "i1", "U8": "u1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4", "I64": "<i8", "U64": "<u8"}
     if dtype in ints:
         return raw.view(ints[dtype]).astype(np.float32)
@@ -205,16 +240,21 @@ def _convert_range(fd: int, path: Path, offset: int, dtype: str, out: np.ndarray
         convert_into(buf[: k * size], dtype, out[i : i + k])
 
 
-def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str) -> np.ndarray:
+def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Read `nbytes` at `offset` of an open file as a flat float32 array, converting chunk by chunk.
 
     Reads with pread into a small reused buffer rather than through a memory map: the process then
     holds only the output array (no mapped file pages count toward its memory), and each chunk is
-    converted while it is still in the CPU cache.
+    converted while it is still in the CPU cache. `out`, a flat float32 array of exactly the right
+    length, is written instead of a fresh array (see `TensorSource.read_into`).
     """
     size = DTYPE_SIZES[dtype]
     n = nbytes // size
-    out = empty_float32(n)
+    if out is None:
+        out = empty_float32(n)
+    elif out.shape != (n,) or out.dtype != np.float32:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}, expected ({n},) float32")
     if n == 0:
         return out
     if dtype == "F32" and sys.byteorder == "little":

@@ -50,6 +50,10 @@ class CompositeSource(TensorSource):
         src, inner = self._lookup(name)
         return src.read(inner)
 
+    def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
+        src, inner = self._lookup(name)
+        return src.read_into(inner, out)
+
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         src, inner = self._lookup(name)
         return src.read_rows(inner, start, stop)

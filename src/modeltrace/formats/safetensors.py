@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, pread_float32
+from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, float32_destination, pread_float32
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -118,6 +118,13 @@ class SafetensorsReader(TensorSource):
         info = self.info(name)
         s, e = info.extra["offsets"]
         return pread_float32(self._file(), self.path, self._data_start + s, e - s, info.dtype).reshape(info.shape)
+
+    def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
+        info = self.info(name)
+        s, e = info.extra["offsets"]
+        dest = float32_destination(out, info.numel)
+        pread_float32(self._file(), self.path, self._data_start + s, e - s, info.dtype, out=dest)
+        return dest.reshape(info.shape)
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         info = self.info(name)
