@@ -28,6 +28,7 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
     assert r["inspect"]["peak_rss_mb"]["max"] > 0
     assert len(r["read_warm"]["per_shard"]) == len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
     assert sum(s["bytes"] for s in r["read_warm"]["per_shard"]) == r["files_bytes"]
-    assert r["read_all"]["peak_rss_mb"] > 0
+    for mode in ("read", "read_into"):
+        assert r["read_all"][mode]["peak_rss_mb"] > 0 and r["read_all"][mode]["elements"] == r["parameters"]
     assert r["largest_tensor"] == {"elements": 4096 * 256, "stored_bytes": 4096 * 256 * 2,
                                    "float32_bytes": 4096 * 256 * 4}
