@@ -262,3 +262,13 @@ def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str,
         return out
     _convert_range(fd, path, offset, dtype, out, 0, n)
     return out
+
+
+def release_map(mm: Any) -> None:
+    """Close a memory map if nothing still points into it (else it is freed with the last view)."""
+    if mm is None:
+        return
+    try:
+        mm.close()
+    except BufferError:
+        pass  # a caller still holds a view

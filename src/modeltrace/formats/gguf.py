@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import TensorInfo, TensorSource
+from modeltrace.formats.base import TensorInfo, TensorSource, release_map
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -359,12 +359,8 @@ class GGUFReader(TensorSource):
         return self._dequantize(name, raw, qtype, (raw.shape[0],) + info.shape[1:])
 
     def close(self) -> None:
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass  # a caller still holds a view; the map is freed with it
-            self._mm = None
+        release_map(self._mm)
+        self._mm = None
 
 
 def _prod(dims: tuple[int, ...]) -> int:

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, float32_destination, pread_float32
+from modeltrace.formats.base import (
+    DTYPE_SIZES,
+    TensorInfo,
+    TensorSource,
+    float32_destination,
+    pread_float32,
+    release_map,
+)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -143,9 +150,5 @@ class SafetensorsReader(TensorSource):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass  # a caller still holds a view; the map is freed with it
-            self._mm = None
+        release_map(self._mm)
+        self._mm = None

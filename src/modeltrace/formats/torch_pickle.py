@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from modeltrace.errors import FormatError, UnsafeFileError
-from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, raw_to_float32
+from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, raw_to_float32, release_map
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -520,12 +520,8 @@ class TorchReader(TensorSource):
         return _to_float32(view[max(0, start):max(0, stop)], dtype)
 
     def close(self) -> None:
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass  # a caller still holds a view; the map is freed with it
-            self._mm = None
+        release_map(self._mm)
+        self._mm = None
         if self._zip is not None:
             self._zip.close()
             self._zip = None
