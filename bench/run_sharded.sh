@@ -23,5 +23,5 @@ xargs -P "$JOBS" -I{} sh -c "$PY -m modeltrace bench --manifest '$MAN' --pairs '
     --no-peers --no-behaviour --no-realmodels --docs '$OUT/shards/{}/lineage.md' >'$OUT/shards/{}.log' 2>&1 \
     || echo 'shard {} failed: see $OUT/shards/{}.log'" < "$OUT/groups.txt"
 cat "$OUT"/shards/*/pairs.jsonl > "$OUT/pairs.jsonl"
-$PY -m modeltrace bench --manifest "$MAN" --out "$OUT" --no-peers --no-behaviour \
-    ${REALMODELS:+--realmodels "$REALMODELS"} ${REALMODELS:---no-realmodels} --docs "$DOCS"
+if [ -n "${REALMODELS:-}" ]; then REAL=(--realmodels "$REALMODELS"); else REAL=(--no-realmodels); fi
+$PY -m modeltrace bench --manifest "$MAN" --out "$OUT" --no-peers --no-behaviour "${REAL[@]}" --docs "$DOCS"
