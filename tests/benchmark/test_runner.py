@@ -133,7 +133,7 @@ def test_bench_cli_end_to_end_isolated_and_resumable(zoo: Path, tmp_path: Path) 
     doc = (out / "lineage.md").read_text()
     assert summary["meta"]["command"] in doc
     assert "## Targets" in doc and "## Real models" in doc
-    assert (out / "img" / "quick-lineage-roc.png").stat().st_size > 1000
+    assert (out / "img" / "lineage-roc.png").stat().st_size > 1000
     assert "pairs: 2 derived, 3 independent, 1 distilled, 0 errors" in res.output
 
     # a rerun does every pair from the file: nothing is appended
@@ -157,8 +157,8 @@ def test_in_process_with_a_method_flows_into_metrics(zoo: Path, tmp_path: Path,
     assert s["diagnosis"]["overall"]["noise_sigma"] == {"correct": 1, "checked": 1}
     assert s["diagnosis"]["overall"]["dropped_layers"] == {"correct": 0, "checked": 1}
     assert "peak_rss_mib" not in _read_jsonl(tmp_path / "r" / "pairs.jsonl")[0]  # not per-pair in-process
-    assert (tmp_path / "docs" / "img" / "quick-lineage-qq.png").is_file()
-    assert s["figures"]["qq"] == "img/quick-lineage-qq.png"
+    assert (tmp_path / "docs" / "img" / "lineage-qq.png").is_file()
+    assert s["figures"]["qq"] == "img/lineage-qq.png"
     # a different method set is a different run: rows are not reused
     assert runner.run_key(["test-cosine"]) != runner.run_key([])
 

@@ -374,3 +374,23 @@ def test_recorded_truth_matches_the_weights(tiny_zoo: tuple[Path, dict, list[Zoo
             == truth["experts"] * TINY.layers
     dense = base["blocks.0.up.weight"].numpy()
     assert float((e0 - dense).std() / dense.std()) == pytest.approx(truth["expert_sigma_rel"], rel=0.2)
+
+
+def test_benchmark_runs_end_to_end_on_the_tiny_zoo(tiny_zoo: tuple[Path, dict, list[ZooEvent]],
+                                                   tmp_path: Path) -> None:
+    """The CI smoke test of the benchmark: zoo -> every pair -> report; any failed pair fails the run."""
+    from click.testing import CliRunner
+
+    from modeltrace.cli import cli
+
+    manifest = tiny_zoo[0]
+    out = tmp_path / "results"
+    res = CliRunner().invoke(cli, ["bench", "--manifest", str(manifest), "--out", str(out), "--no-peers",
+                                   "--no-behaviour", "--no-realmodels", "--in-process",
+                                   "--docs", str(tmp_path / "lineage.md")])
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert "0 errors" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    n_pairs = len(json.loads(Path(manifest).read_text())["pairs"])
+    assert summary["counts"]["derived"] + summary["counts"]["independent"] + summary["counts"]["distilled"] == n_pairs
+    assert (tmp_path / "lineage.md").read_text().startswith("# Lineage benchmark")

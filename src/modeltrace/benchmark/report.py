@@ -270,11 +270,11 @@ def write(summary: dict[str, Any], out: Path, docs: Path | None) -> dict[str, Pa
     docs = docs or out / "lineage.md"
     img = docs.parent / "img"
     figs: dict[str, Path] = {}
-    prefix = "quick-" if summary["meta"].get("quick") else ""
-    if (q := qq_plot(series.get("qq", {}), img / f"{prefix}lineage-qq.png",
+    prefix = docs.stem + "-"  # one report's plots never overwrite another's
+    if (q := qq_plot(series.get("qq", {}), img / f"{prefix}qq.png",
                      "p-values on independent pairs")) is not None:
         figs["qq"] = q
-    if (r := roc_plot(series.get("roc", {}), img / f"{prefix}lineage-roc.png", "derived vs independent")) is not None:
+    if (r := roc_plot(series.get("roc", {}), img / f"{prefix}roc.png", "derived vs independent")) is not None:
         figs["roc"] = r
     summary["figures"] = {k: os.path.relpath(v, docs.parent) for k, v in figs.items()}
     tmp = out / "summary.json.tmp"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import shlex
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,23 @@ def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: 
     for name, t in summary["targets"].items():
         click.echo(f"target {name}: {'met' if t['met'] else 'not met'} ({t['value']})")
     click.echo(f"wrote {out / 'summary.json'} and {docs}")
+    failed = _failed_pairs(out / "pairs.jsonl")
+    if c["errors"] or failed:
+        click.echo(f"error: {c['errors']} pair(s) failed and {len(failed)} had an evidence method end in an error "
+                   f"(first: {', '.join(failed[:5]) or '-'}); see {out / 'pairs.jsonl'}", err=True)
+        sys.exit(1)
+
+
+def _failed_pairs(rows_path: Path) -> list[str]:
+    """Pairs whose row records an evidence method that ended in an error (a bug, or an unreadable file)."""
+    bad: list[str] = []
+    if not rows_path.is_file():
+        return bad
+    for line in rows_path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if any(e.get("status") == "error" for e in (row.get("evidence") or {}).values()):
+            bad.append(str(row.get("pair")))
+    return bad
