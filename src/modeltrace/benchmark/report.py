@@ -41,9 +41,40 @@ class Detector:
 
     def __init__(self, name: str, family: str, score: Callable[[Row], float],
                  detected: Callable[[Row], bool] | None, pvalue: Callable[[Row], float | None] | None = None,
-                 note: str = "") -> None:
+                 note: str = "", powered: Callable[[Row], bool] | None = None) -> None:
         self.name, self.family, self.score, self.detected, self.pvalue, self.note = (
             name, family, score, detected, pvalue, note)
+        self.powered = powered or (lambda row: True)
+
+
+def _method_powered(method: str) -> Callable[[Row], bool]:
+    def get(row: Row) -> bool:
+        e = (row.get("evidence") or {}).get(method)
+        return bool(e and e.get("status") == "ok" and e.get("powered", True))
+    return get
+
+
+def calibration_sample(rows: Sequence[Row], roots: Mapping[str, str] | None,
+                       keep: Callable[[Row], bool]) -> list[Row]:
+    """One independent pair per pair of independent training runs, among the rows `keep` accepts.
+
+    The zoo reuses each pair of training runs in many pairs (a base against every derivation of
+    another base, as controls); those p-values are copies of one draw, not independent draws, and
+    a uniformity test needs independent draws. Tests without power (nothing comparable) say nothing
+    about calibration and are left out.
+    """
+    seen: set[frozenset[str]] = set()
+    out: list[Row] = []
+    for r in rows:
+        if not keep(r):
+            continue
+        a, b = str(r.get("a")), str(r.get("b"))
+        key = frozenset({(roots or {}).get(a, a), (roots or {}).get(b, b)})
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
 
 
 def _method_p(method: str) -> Callable[[Row], float | None]:
@@ -78,8 +109,13 @@ def _detectors(methods: Sequence[str], rows: Sequence[Row], peers: Mapping[str, 
     def combined_detected(r: Row) -> bool:
         return r.get("verdict") == "derived"
 
+    def combined_powered(r: Row) -> bool:
+        return any(e.get("status") == "ok" and e.get("powered") and e.get("p_value") is not None
+                   for e in (r.get("evidence") or {}).values())
+
     dets.append(Detector("combined", "modeltrace", combined_score, combined_detected, combined_p,
-                         note="Bonferroni over the methods that ran; verdict 'derived' when p < threshold"))
+                         note="Bonferroni over the methods that ran; verdict 'derived' when p < threshold",
+                         powered=combined_powered))
     for m in methods:
         get = _method_p(m)
         def below(r: Row, g: Callable[[Row], float | None] = get) -> bool:
@@ -89,7 +125,7 @@ def _detectors(methods: Sequence[str], rows: Sequence[Row], peers: Mapping[str, 
         def score(r: Row, g: Callable[[Row], float | None] = get) -> float:
             return mt.p_score(g(r))
 
-        dets.append(Detector(m, "modeltrace method", score, below, get))
+        dets.append(Detector(m, "modeltrace method", score, below, get, powered=_method_powered(m)))
     negatives = [r for r in rows if r.get("label") == "independent"]
     for b in ("weight-spread", "cka"):
         def bscore(r: Row, b: str = b) -> float:
@@ -141,7 +177,7 @@ def _dig(d: Mapping[str, Any], dotted: str) -> Any:
 # --- the summary -------------------------------------------------------------------------------------
 
 def _detector_metrics(d: Detector, pos: Sequence[Row], neg: Sequence[Row], dist: Sequence[Row],
-                      threshold: float) -> dict[str, Any]:
+                      threshold: float, roots: Mapping[str, str] | None = None) -> dict[str, Any]:
     ps, ns = [d.score(r) for r in pos], [d.score(r) for r in neg]
     det = d.detected
 
@@ -157,9 +193,12 @@ def _detector_metrics(d: Detector, pos: Sequence[Row], neg: Sequence[Row], dist:
         "distilled_called_derived": count(dist), "n_distilled": len(dist),
     }
     if d.pvalue is not None:
-        pv = [d.pvalue(r) for r in neg]
+        pvalue = d.pvalue
+        sample = calibration_sample(neg, roots, lambda r: d.powered(r) and pvalue(r) is not None)
+        pv = [pvalue(r) for r in sample]
         out["ks_uniform"] = mt.ks_uniform(pv).to_json()
-        out["n_independent_tested"] = sum(p is not None for p in pv)
+        out["n_independent_tested"] = sum(pvalue(r) is not None for r in neg)
+        out["n_calibration_draws"] = len(sample)
         out["derived_below_threshold"] = sum(1 for r in pos if (p := d.pvalue(r)) is not None and p < threshold)
     return out
 
@@ -186,14 +225,16 @@ def _timing(rows: Sequence[Row]) -> dict[str, Any]:
 
 def summarize(rows: Sequence[Row], *, real_rows: Sequence[Row] = (), real_skipped: str | None = None,
               peers: Mapping[str, Mapping[str, Any]] | None = None, methods: Sequence[str] = (),
-              threshold: float = mt.DEFAULT_THRESHOLD, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The canonical benchmark summary (schema modeltrace.bench/1)."""
+              threshold: float = mt.DEFAULT_THRESHOLD, meta: Mapping[str, Any] | None = None,
+              roots: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The canonical benchmark summary (schema modeltrace.bench/1); `roots` maps each model to the
+    training run it comes from, so calibration counts each pair of independent runs once."""
     peers = peers or {}
     pos = [r for r in rows if r.get("label") == "derived"]
     neg = [r for r in rows if r.get("label") == "independent"]
     dist = [r for r in rows if r.get("label") == "distilled"]
     dets = _detectors(methods, rows, peers, threshold)
-    per = {d.name: _detector_metrics(d, pos, neg, dist, threshold) for d in dets}
+    per = {d.name: _detector_metrics(d, pos, neg, dist, threshold, roots) for d in dets}
 
     detection = mt.detection_table(
         (r["kind"], d.name, d.detected(r)) for r in pos + dist for d in dets if d.detected is not None)
@@ -254,7 +295,8 @@ def summarize(rows: Sequence[Row], *, real_rows: Sequence[Row] = (), real_skippe
         "timing": _timing(rows), "targets": targets, "errors": errors, "peers": peer_summary,
         "realmodels": {"skipped": real_skipped, "pairs": real},
         "_series": {  # for the plots; dropped from summary.json
-            "qq": {d.name: [p for r in neg if (p := d.pvalue(r)) is not None] for d in dets if d.pvalue},
+            "qq": {d.name: [p for r in calibration_sample(neg, roots, d.powered) if (p := d.pvalue(r)) is not None]
+                   for d in dets if d.pvalue and d.family.startswith("modeltrace")},
             "roc": {d.name: ([d.score(r) for r in pos], [d.score(r) for r in neg]) for d in dets
                     if d.family != "peer sub-score" and per[d.name].get("gave_p_values") is not False},
         },
@@ -327,8 +369,12 @@ def markdown(s: Mapping[str, Any]) -> str:
     out.append(_table(["target", "met", "measured"],
                       [[names[k], "**met**" if v["met"] else "**not met**", v["value"]]
                        for k, v in s["targets"].items()]))
-    out += ["", ("The combined p-value is a Bonferroni bound, conservative by design, so the uniformity target "
-            "is judged per method; the combined row's KS p is shown for completeness."), ""]
+    out += ["", ("Calibration (the KS column and the QQ plot) uses one independent pair per pair of independent "
+            "training runs, and only tests that had power: the zoo reuses each pair of training runs in many "
+            "pairs (a base against every derivation of another base), and those p-values are copies of one "
+            "draw, not independent draws. The combined p-value is a Bonferroni bound, conservative by design, "
+            "so the uniformity target is judged per method; the combined row's KS p is shown for completeness."),
+            ""]
     out += ["## Per method and combined", ""]
     rows = []
     silent = {n: d for n, d in s["detectors"].items() if d.get("gave_p_values") is False}

@@ -370,6 +370,21 @@ class BenchConfig:
     command: str = "modeltrace bench"
 
 
+def training_roots(manifest: Manifest) -> dict[str, str]:
+    """Each model's original training run: follow the recipe's first parent until a model has none."""
+    roots: dict[str, str] = {}
+    for mid in manifest.models:
+        cur, seen = mid, {mid}
+        while True:
+            parents = (manifest.models.get(cur, {}).get("recipe") or {}).get("parents") or []
+            if not parents or parents[0] in seen or parents[0] not in manifest.models:
+                break
+            cur = parents[0]
+            seen.add(cur)
+        roots[mid] = cur
+    return roots
+
+
 def check_selection(manifest_path: Path, pairs_glob: str | None) -> tuple[Manifest, list[PairSpec]]:
     """Load the manifest and select the pairs; an empty selection is an error naming the glob."""
     manifest = load_manifest(manifest_path)
@@ -464,7 +479,7 @@ def _run_locked(cfg: BenchConfig, methods: list[str], manifest: Manifest, pairs:
             "git": _git_revision(), "isolated": cfg.isolate, "pairs_glob": cfg.pairs_glob,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "wall_s": round(time.time() - started, 1), "methods": list(methods), "options": cfg.options,
-        })
+        }, roots=training_roots(manifest))
     report.write(summary, cfg.out, cfg.docs)
     return summary
 
