@@ -61,6 +61,7 @@ class PairSpec:
     kind: str
     truth: dict[str, Any] = field(default_factory=dict)
     set: str = "zoo"  # "zoo" or "real"
+    other_path: Path | None = None  # a merge's other parent, given to compare as a user would
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def load_manifest(path: Path) -> Manifest:
             id=p["id"], a=p["a"], b=p["b"], a_path=(path.parent / models[p["a"]]["path"]).resolve(),
             b_path=(path.parent / models[p["b"]]["path"]).resolve(), label=p["label"],
             kind=str(p.get("kind") or p["label"]), truth=dict(p.get("truth") or {}),
+            other_path=_other_path(path, models, p),
         ))
     return Manifest(path=path, quick=bool(data.get("quick")), models=models, pairs=pairs)
 
@@ -282,8 +284,11 @@ def run_pairs(
     isolator = Isolator(methods) if isolate and todo else None
     for p in todo:
         prog.step(p.id)
+        job_options = dict(options or {})
+        if p.other_path is not None:
+            job_options["other"] = str(p.other_path)
         job = {"a_path": str(p.a_path), "b_path": str(p.b_path), "methods": list(methods),
-               "threshold": threshold, "seed": seed, "baselines": True, "options": options or {}}
+               "threshold": threshold, "seed": seed, "baselines": True, "options": job_options}
         t0 = time.perf_counter()
         result = isolator.run(job, timeout_s) if isolator is not None else run_pair(job)
         result.setdefault("wall_s", round(time.perf_counter() - t0, 3))
@@ -368,6 +373,14 @@ class BenchConfig:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # passed to compare (e.g. {"behaviour": True})
     command: str = "modeltrace bench"
+
+
+def _other_path(path: Path, models: dict[str, dict[str, Any]], pair: dict[str, Any]) -> Path | None:
+    """For a merge, the path of the other parent its truth names (compare's `--other`)."""
+    other = (pair.get("truth") or {}).get("other")
+    if pair.get("label") != "derived" or not isinstance(other, str) or other not in models:
+        return None
+    return (path.parent / models[other]["path"]).resolve()
 
 
 def training_roots(manifest: Manifest) -> dict[str, str]:
