@@ -135,7 +135,7 @@ def compare(
         except ModelTraceError as exc:
             evidence.append(Evidence(method=name, status="error", statement=str(exc), kind=cls.kind,
                                      powered=False, details={"error": type(exc).__name__}))
-        except Exception as exc:  # a bug in one method must not sink the others
+        except Exception as exc:  # noqa: BLE001 - a bug in one method must not sink the others
             evidence.append(Evidence(method=name, status="error", statement=f"{type(exc).__name__}: {exc}",
                                      kind=cls.kind, powered=False,
                                      details={"error": type(exc).__name__,

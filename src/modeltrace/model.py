@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from modeltrace.errors import FormatError, ResolveError, UnsafeFileError
 from modeltrace.formats import detect_format, open_file
@@ -112,7 +112,7 @@ class Model:
             self._source.close()
             self._source = None
 
-    def __enter__(self) -> Model:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,7 +188,7 @@ def _choose_weights(root: Path, files: list[Path]) -> list[Path]:
     onnx = [p for p in files if p.suffix == ".onnx"]
     if onnx:
         plain = [p for p in onnx if p.name == "model.onnx"]
-        return [plain[0] if plain else sorted(onnx)[0]]
+        return [plain[0] if plain else min(onnx)]
     return _submodule_weights(root, files)
 
 

@@ -43,7 +43,7 @@ def test_tampered_answer_is_detected(probe_dir: Path) -> None:
 
 def test_tampered_image_is_detected(probe_dir: Path) -> None:
     c = commit(load_probe_set(probe_dir))
-    img = sorted((probe_dir / "images").iterdir())[0]
+    img = min((probe_dir / "images").iterdir())
     data = bytearray(img.read_bytes())
     data[-20] ^= 0xFF
     img.write_bytes(bytes(data))

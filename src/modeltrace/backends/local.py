@@ -1,5 +1,9 @@
 """Local models through `transformers` on the CPU: greedy or sampled text, next-token log-probs, hidden states.
 
+Image-text models (a config with a `vision_config`, or an image-text-to-text architecture that
+transformers implements) are loaded with `AutoProcessor` + `AutoModelForImageTextToText` and answer
+requests that carry images; text-only models keep the plain causal-LM path.
+
 Only architectures that transformers itself implements are loaded: a model folder whose config
 asks for its own code (`auto_map`) is refused, since nothing from a model is ever executed
 (`trust_remote_code=False`, `local_files_only=True` always).
@@ -37,6 +41,8 @@ class TransformersBackend(Backend):
         self._model: Any = None
         self._tok: Any = None
         self._is_causal = True
+        self._cfg: dict[str, Any] = cfg if isinstance(cfg, dict) else {}
+        self._processor: Any = None  # set only for image-text models
 
     @property
     def identity(self) -> str:
@@ -54,6 +60,9 @@ class TransformersBackend(Backend):
         if self.threads:
             torch.set_num_threads(self.threads)
         kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        if _is_image_text(self._cfg):
+            self._load_image_text(kw)
+            return
         try:
             self._tok = AutoTokenizer.from_pretrained(str(self.path), **kw)
             try:
@@ -63,6 +72,26 @@ class TransformersBackend(Backend):
                 self._is_causal = False
         except Exception as exc:  # transformers raises many kinds: one error naming the folder
             raise BackendError(f"{self.path}: transformers could not load it ({type(exc).__name__}: {exc})") from exc
+        self._model.eval()
+        if self._tok.pad_token is None:
+            self._tok.pad_token = self._tok.eos_token or self._tok.unk_token
+        self._tok.padding_side = "left"
+
+    def _load_image_text(self, kw: dict[str, Any]) -> None:
+        from transformers import AutoModelForImageTextToText
+        from transformers import AutoProcessor as _AutoProcessor
+
+        auto_processor: Any = _AutoProcessor  # its from_pretrained is untyped
+        try:
+            processor = auto_processor.from_pretrained(str(self.path), **kw)
+            model = AutoModelForImageTextToText.from_pretrained(str(self.path), **kw)
+        except Exception as exc:  # transformers raises many kinds: one error naming the folder
+            raise BackendError(f"{self.path}: transformers could not load it as an image-text model "
+                               f"({type(exc).__name__}: {exc})") from exc
+        tok = getattr(processor, "tokenizer", None)
+        if tok is None:
+            raise BackendError(f"{self.path}: the image-text processor has no tokenizer")
+        self._processor, self._tok, self._model = processor, tok, model
         self._model.eval()
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token or self._tok.unk_token
@@ -95,10 +124,61 @@ class TransformersBackend(Backend):
 
     def _generate_one(self, req: Request, torch: Any) -> Response:
         if req.images:
-            raise BackendError(f"{self.path}: images are not supported by the local text backend")
+            if self._processor is None:
+                raise BackendError(f"{self.path}: images are not supported by the local text backend")
+            return self._generate_with_images(req, torch)
         enc = self._tok(self._prompt_text(req), return_tensors="pt")
-        gen = torch.Generator().manual_seed(req.seed if req.seed is not None else 0)
+        return self._decode(req, enc["input_ids"], lambda cur: self._model(input_ids=cur, use_cache=False), torch)
+
+    def _generate_with_images(self, req: Request, torch: Any) -> Response:
+        images = [_open_image(p) for p in req.images]
+        try:
+            enc = self._processor(images=images, text=self._image_prompt_text(req, len(images)),
+                                  return_tensors="pt")
+        except Exception as exc:  # processors raise many kinds: one error naming the folder
+            raise BackendError(f"{self.path}: the processor could not prepare {len(images)} image(s) "
+                               f"with this prompt ({type(exc).__name__}: {exc})") from exc
         ids = enc["input_ids"]
+        # inputs with one entry per token (attention mask, token types) grow with the sequence;
+        # the others (pixel values, image sizes) stay as the processor made them
+        per_token = {k: v for k, v in enc.items()
+                     if k != "input_ids" and hasattr(v, "shape") and tuple(v.shape) == tuple(ids.shape)}
+        fixed = {k: v for k, v in enc.items() if k != "input_ids" and k not in per_token}
+
+        def forward(cur: Any) -> Any:
+            extra = cur.shape[1] - ids.shape[1]
+            grown = {k: torch.cat([v, torch.full((1, extra), 1 if k == "attention_mask" else 0,
+                                                 dtype=v.dtype)], dim=1) if extra else v
+                     for k, v in per_token.items()}
+            try:
+                return self._model(input_ids=cur, **grown, **fixed, use_cache=False)
+            except Exception as exc:  # a model/processor mismatch surfaces here: name the folder
+                raise BackendError(f"{self.path}: the image-text model failed on this request "
+                                   f"({type(exc).__name__}: {exc})") from exc
+
+        return self._decode(req, ids, forward, torch)
+
+    def _image_prompt_text(self, req: Request, n_images: int) -> str:
+        """The prompt with one image placeholder per image, unless the caller already placed them."""
+        token = str(getattr(self._processor, "image_token", None) or "<image>")
+        if req.mode == "chat" and req.messages and getattr(self._processor, "chat_template", None):
+            msgs: list[dict[str, Any]] = []
+            placed = False
+            for role, content in req.messages:
+                parts: list[dict[str, str]] = []
+                if role == "user" and not placed:
+                    parts += [{"type": "image"}] * n_images
+                    placed = True
+                parts.append({"type": "text", "text": content})
+                msgs.append({"role": role, "content": parts})
+            return str(self._processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+        text = self._prompt_text(req)
+        if token in text:
+            return text
+        return token * n_images + ("\n" if text else "") + text
+
+    def _decode(self, req: Request, ids: Any, forward: Callable[[Any], Any], torch: Any) -> Response:
+        gen = torch.Generator().manual_seed(req.seed if req.seed is not None else 0)
         tokens: list[str] = []
         tops: list[dict[str, float]] = []
         new_ids: list[int] = []
@@ -107,7 +187,7 @@ class TransformersBackend(Backend):
             # the whole sequence is re-run each step: slower than a KV cache, but stable across
             # transformers versions, and local models here are small
             for _ in range(req.max_tokens):
-                logits = self._model(input_ids=cur, use_cache=False).logits[0, -1].float()
+                logits = forward(cur).logits[0, -1].float()
                 logp = torch.log_softmax(logits, dim=-1)
                 if req.temperature and req.temperature > 0:
                     probs = torch.softmax(logits / req.temperature, dim=-1)
@@ -163,3 +243,37 @@ class TransformersBackend(Backend):
     def close(self) -> None:
         self._model = None
         self._tok = None
+        self._processor = None
+
+
+def _is_image_text(cfg: dict[str, Any]) -> bool:
+    """Whether a config describes an image-text model that transformers implements itself."""
+    if isinstance(cfg.get("vision_config"), dict):
+        return True
+    archs = cfg.get("architectures")
+    names = [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+    if any("ImageTextToText" in a for a in names):
+        return True
+    if not any(a.endswith("ForConditionalGeneration") for a in names):
+        return False  # e.g. causal LMs: the plain text path
+    try:  # ...ForConditionalGeneration is also seq2seq text (T5, BART): ask transformers' own table
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    except ImportError:
+        return False
+    return cfg.get("model_type") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def _open_image(path: str) -> Any:
+    """An RGB PIL image, read fully now, so that a missing or broken file fails before the model runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise BackendError(f"{p}: image file not found")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:
+        raise BackendError("images need Pillow (pip install pillow)") from exc
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise BackendError(f"{p}: not a readable image ({type(exc).__name__}: {exc})") from exc

@@ -380,7 +380,7 @@ def _other_path(path: Path, models: dict[str, dict[str, Any]], pair: dict[str, A
     other = (pair.get("truth") or {}).get("other")
     if pair.get("label") != "derived" or not isinstance(other, str) or other not in models:
         return None
-    return (path.parent / models[other]["path"]).resolve()
+    return Path(path.parent / str(models[other]["path"])).resolve()
 
 
 def training_roots(manifest: Manifest) -> dict[str, str]:

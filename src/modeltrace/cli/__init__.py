@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> Any:
     except MemoryError:
         click.echo("error: out of memory", err=True)
         sys.exit(2)
-    except Exception as exc:  # a bug: one line unless --debug
+    except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
         if debug:
             traceback.print_exc()
         click.echo(f"internal error: {type(exc).__name__}: {escape(str(exc), limit=500)} "

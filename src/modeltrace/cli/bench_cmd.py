@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 

@@ -7,6 +7,7 @@ pread so that memory holds the result only; `raw` gives the stored bytes as a me
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
@@ -93,7 +94,7 @@ class SafetensorsReader(TensorSource):
             infos[name] = TensorInfo(name, tuple(shape), dtype, str(path), extra={"offsets": (offs[0], offs[1])})
             spans.append((offs[0], offs[1], name))
         spans.sort()
-        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        for (s0, e0, n0), (s1, e1, n1) in itertools.pairwise(spans):
             if s1 < e0 and e1 > s1:
                 raise FormatError(path, f"tensors {n0!r} and {n1!r} overlap in the data buffer", tensor=n1)
         self._infos = dict(sorted(infos.items(), key=lambda kv: kv[1].extra["offsets"][0]))
