@@ -44,8 +44,10 @@ demo: install realmodels
 test: install $(VENV)/.llama realmodels-if-possible
 	MODELTRACE_REALMODELS=$(abspath $(REALMODELS)) $(PY) -m pytest -q -p no:cacheprovider
 
+# the lineage benchmark (zoo, every weight and artifact method, peers, real models) -> docs/benchmarks/lineage.md;
+# the behaviour methods run the models (about 20 s a pair) and have their own script, bench/bench_behaviour.py
 bench: install realmodels
-	MODELTRACE_REALMODELS=$(abspath $(REALMODELS)) $(PY) -m modeltrace bench --out bench/results
+	MODELTRACE_REALMODELS=$(abspath $(REALMODELS)) $(PY) -m modeltrace bench --out bench/results/full --no-behaviour
 
 bench-quick: install
 	$(PY) -m modeltrace bench --quick --out bench/results/quick
