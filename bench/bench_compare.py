@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_readers import Shape, build
+from bench_readers import _LAUNCHER, Shape, build
 
 LLAMA_1B = Shape(layers=16, hidden=2048, intermediate=8192, heads=32, kv_heads=8, vocab=128256,
                  added_tokens=256, merges=20000, shard_bytes=2_000_000_000)
@@ -77,19 +77,6 @@ def noised_copy(src: Path, dst: Path, sigma_rel: float, seed: int = 1) -> dict[s
                     left -= k
     marker.write_text(json.dumps(want))
     return {"reused": False, "seconds": round(time.perf_counter() - t0, 1)}
-
-
-_LAUNCHER = """
-import json, os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as fh:
-    json.dump({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
-               "peak_rss_kb": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, fh)
-"""
 
 
 def timed(cmd: list[str], threads: int) -> dict[str, Any]:
