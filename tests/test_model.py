@@ -158,3 +158,20 @@ def test_folder_under_a_hidden_cache_path_is_listed(tmp_path: Path) -> None:
         assert [p.name for p in m.weight_files] == ["model.safetensors"]
         assert all(".cache" not in p.relative_to(root).parts for p in m.files)
         assert len(m.files) == 4
+
+
+def test_sharded_pytorch_bin_folder_through_its_index(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    shards = {"pytorch_model-00001-of-00002.bin": {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)},
+              "pytorch_model-00002-of-00002.bin": {"b.weight": torch.ones(4, dtype=torch.bfloat16)}}
+    weight_map = {}
+    for name, sd in shards.items():
+        torch.save(sd, tmp_path / name)
+        weight_map.update({k: name for k in sd})
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with Model.open(str(tmp_path)) as m:
+        assert [p.name for p in m.weight_files] == sorted(shards)
+        assert m.formats == ["torch"]
+        assert sorted(m.source.infos()) == ["a.weight", "b.weight"]
+        np.testing.assert_array_equal(m.source.read("a.weight"), np.arange(6, dtype=np.float32).reshape(2, 3))
+        np.testing.assert_array_equal(m.source.read("b.weight"), np.ones(4, np.float32))
