@@ -6,12 +6,19 @@ shapes, the derivations of `llama-s0`), with two reference bases unrelated to ei
   and three other words of the text as choices; a model answers with the choice it finds most likely,
   one next-token log-probability query per item), with the other independent bases as reference models;
 - output-agreement of greedy 4-token continuations of generic prompts, against the same reference models;
-- activation-match (MLP neuron matching on activations).
+- logprob-similarity: rank distance of next-token log-probabilities (top 100, as local models give, and
+  top 20, as hosted endpoints cap it), one query per prompt and model, against the same references;
+- activation-match (MLP neuron matching on activations);
+- representation-cka (1 - linear CKA of hidden states, against the same references, jackknife over prompts).
 It also reports how many queries each behaviour test needed before p < 1e-6, and what they cost in time.
 
     python bench/bench_behaviour.py --zoo bench/cache/zoo-quick --out bench/results/behaviour.json
+    python bench/bench_behaviour.py --zoo bench/cache/zoo-full-llama --build full-llama \
+        --out bench/results/behaviour-full.json
 
-If `--zoo` holds no manifest.json, the quick zoo is built there first (deterministic and cached).
+If `--zoo` holds no manifest.json, the zoo named by `--build` is built there first (deterministic and
+cached): `quick` (the quick zoo) or `full-llama` (the full zoo's Llama family: 6 bases, 2 other shapes,
+every derivation transformers can load of each base; its models are the full zoo's own).
 """
 
 from __future__ import annotations
@@ -36,13 +43,15 @@ from modeltrace.backends.local import TransformersBackend
 from modeltrace.errors import BackendError
 from modeltrace.evidence.base import CompareContext
 from modeltrace.evidence.behaviour import OutputAgreementMethod, agreement, one_sided_two_proportion
-from modeltrace.evidence.representation import ActivationMatchMethod
+from modeltrace.evidence.logprobs import LogprobSimilarityMethod
+from modeltrace.evidence.representation import ActivationMatchMethod, RepresentationCKAMethod
 from modeltrace.model import Model
 from modeltrace.probes.mistakes import shared_mistakes
 from modeltrace.probes.probeset import ProbeItem
 from modeltrace.probes.prompts import generic_prompts
 
 THRESHOLD = 1e-6
+LOGPROB_K = (100, 20)
 ANCHOR = "llama-s0"
 BASE = re.compile(r"^llama-s\d+$")
 WORD = re.compile(r"^Ġ[A-Za-z_][A-Za-z_0-9]{2,}$")  # a whole word with its leading space, byte-level BPE
@@ -78,6 +87,18 @@ def load_models(zoo: Path, manifest: dict[str, Any]) -> tuple[dict[str, Loaded],
             continue
         models[mid] = Loaded(mid, path, be, be._tok.get_vocab())
     return models, skipped
+
+
+def zoo_settings(name: str) -> Any:
+    """The quick zoo, or the full zoo's Llama family without the files transformers cannot load."""
+    from dataclasses import replace
+
+    from modeltrace.benchmark.zoo.settings import DERIVATION_KINDS, FULL, QUICK
+
+    if name == "quick":
+        return QUICK
+    kinds = tuple(k for k in DERIVATION_KINDS if k not in ("gguf-q8_0", "gguf-q4_k", "onnx-int8", "shell"))
+    return replace(FULL, bases={"llama": 6}, derive={"llama": (6, kinds)}, multimodal=False)
 
 
 def cloze_items(zoo_settings: Any, tokenizer: Any, n: int, seed: int, ctx_tokens: int = 24) -> list[ProbeItem]:
@@ -183,6 +204,10 @@ def _p(x: float | None) -> str:
     return "n/a" if x is None else ("<1e-300" if x <= 1e-300 else f"{x:.2g}")
 
 
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _n(n: int | None, q: int | None, sec: float | None) -> str:
     return "not reached" if n is None else f"{n} ({q} queries, {sec:.1f} s)"
 
@@ -204,10 +229,30 @@ def markdown(result: dict[str, Any]) -> str:
             f"{oa['agree']} / {', '.join(map(str, oa['ref_agree']))} | {_p(oa['p_value'])} | "
             f"{_n(oa['prompts_to_threshold'], oa['queries_to_threshold'], oa['seconds_to_threshold'])} | "
             f"{_p(am['p_value'])} | {'n/a' if stat is None else f'{stat:.3f}'} |")
+    lp_head = ("| pair | truth | rank distance A-B | closest reference | largest ratio | p (top 100) | "
+               "prompts to p<1e-6 (top 100) | p (top 20) | prompts to p<1e-6 (top 20) | CKA | CKA ratio | "
+               "representation-cka p |")
+    lp_lines = {k: [lp_head, "|" + "---|" * 12] for k in lines}
+    for r in result["pairs"]:
+        lp = r.get("logprob_similarity")
+        if not lp:
+            continue
+        h, t = lp["100"], lp["20"]
+        lp_lines[r["label"]].append(
+            f"| {r['a']} ~ {r['b']} | {r['label']} ({r['kind']}) | {_f(h['distance'])} | "
+            f"{_f(h['closest_reference'])} | {_f(h['ratio'])} | {_p(h['p_value'])} | "
+            f"{_n(h['prompts_to_threshold'], h['queries_to_threshold'], h['seconds_to_threshold'])} | "
+            f"{_p(t['p_value'])} | "
+            f"{_n(t['prompts_to_threshold'], t['queries_to_threshold'], t['seconds_to_threshold'])} | "
+            + (f"{_f(ck['cka'])} | {_f(ck['ratio'])} | {_p(ck['p_value'])} |" if (ck := r.get("representation_cka"))
+               else "n/a | n/a | n/a |"))
     out = []
     for label in ("independent", "derived", "distilled"):
         out.append(f"### {label} pairs\n")
         out.append("\n".join(lines[label]) + "\n")
+        if len(lp_lines[label]) > 2:
+            out.append(f"#### logprob-similarity and representation-cka, {label} pairs\n")
+            out.append("\n".join(lp_lines[label]) + "\n")
     return "\n".join(out)
 
 
@@ -215,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--table", type=Path, help="print the Markdown tables of a result JSON and exit")
     ap.add_argument("--zoo", type=Path, default=Path("bench/cache/zoo-quick"))
+    ap.add_argument("--build", choices=("quick", "full-llama"), default="quick",
+                    help="the zoo to build in --zoo when it has no manifest.json")
     ap.add_argument("--items", type=int, default=600, help="cloze items for shared-mistakes")
     ap.add_argument("--prompts", type=int, default=300, help="generic prompts for output-agreement")
     ap.add_argument("--act-prompts", type=int, default=64, help="prompts for activation-match")
@@ -231,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if not manifest_path.is_file():
         from modeltrace.benchmark.zoo import build_zoo
 
-        manifest_path = build_zoo(args.zoo, quick=True)
+        manifest_path = build_zoo(args.zoo, settings=zoo_settings(args.build))
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     from modeltrace.benchmark.zoo import SETTINGS
 
@@ -256,10 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         # one response cache per run: every model is asked each prompt once, and the method reads it back
         cache = ResponseCache(Path(tmp) / "responses.sqlite")
+        lp_s: dict[tuple[str, int], float] = {}
         for mid, m in models.items():
             t0 = time.perf_counter()
             cont[mid] = [r.text for r in CachedBackend(m.backend, cache).generate(reqs)]
             gen_s[mid] = (time.perf_counter() - t0) / len(reqs)
+            for k in LOGPROB_K:  # asked here once (and timed); the method reads the answers back from the cache
+                lreqs = [Request(prompt=p, max_tokens=1, top_logprobs=k) for p in prompts]
+                t0 = time.perf_counter()
+                CachedBackend(m.backend, cache).generate(lreqs)
+                lp_s[(mid, k)] = (time.perf_counter() - t0) / len(lreqs)
         for pair in pair_list(models, manifest):
             a, b, refs = pair["a"], pair["b"], pair["refs"]
             row: dict[str, Any] = dict(pair)
@@ -287,6 +340,21 @@ def main(argv: list[str] | None = None) -> int:
             ns, ps = agreement_curve(cont[a], cont[b], [cont[r] for r in refs], step=10)
             n_oa = first_below(ns, ps)
             per_prompt_s = sum(gen_s[x] for x in (a, b, *refs))
+            row["logprob_similarity"] = {}
+            for k in LOGPROB_K:
+                lctx = CompareContext(ctx.a, ctx.b, seed=args.seed,
+                                      options={**ctx.options, "top_logprobs": k, "prompts": args.prompts})
+                lev = LogprobSimilarityMethod().run(lctx)
+                n_lp = lev.details.get("prompts_needed")
+                per_lp_s = sum(lp_s[(x, k)] for x in (a, b, *refs))
+                row["logprob_similarity"][str(k)] = {
+                    "p_value": lev.p_value, "distance": lev.details.get("distance"), "ratio": lev.details.get("ratio"),
+                    "closest_reference": min((t["distance_to_reference"] for t in lev.details.get("tests", [])),
+                                             default=None),
+                    "prompts_to_threshold": n_lp,
+                    "queries_to_threshold": None if n_lp is None else n_lp * (2 + len(refs)),
+                    "seconds_to_threshold": None if n_lp is None else round(n_lp * per_lp_s, 3),
+                    "verdict": "derived" if lev.p_value is not None and lev.p_value < THRESHOLD else "not derived"}
             row["output_agreement"] = {
                 "p_value": ev.p_value, "agree": ev.details["agree"], "prompts": ev.details["prompts"],
                 "ref_agree": [r["agree"] for r in ev.details.get("references", [])],
@@ -301,12 +369,23 @@ def main(argv: list[str] | None = None) -> int:
             am = ActivationMatchMethod().run(actx)
             row["activation_match"] = {"p_value": am.p_value, "statistic": am.statistic,
                                        "statement": am.statement, "seconds": round(time.perf_counter() - t0, 3)}
-            for key in ("shared_mistakes", "output_agreement", "activation_match"):
+            cctx = CompareContext(ctx.a, ctx.b, seed=args.seed,
+                                  options={"representation": True, "prompts": args.act_prompts,
+                                           "references": [models[r].backend for r in refs]},
+                                  shared={"local_a": models[a].backend, "local_b": models[b].backend})
+            ck = RepresentationCKAMethod().run(cctx)
+            row["representation_cka"] = {"p_value": ck.p_value, "cka": ck.statistic,
+                                         "distance": ck.details.get("distance"),
+                                         "ratio": max((t["ratio"] for t in ck.details.get("tests", [])
+                                                       if t["ratio"] is not None), default=None)}
+            for key in ("shared_mistakes", "output_agreement", "activation_match", "representation_cka"):
                 p = row[key]["p_value"]
                 row[key]["verdict"] = "derived" if p is not None and p < THRESHOLD else "not derived"
             rows.append(row)
+            lp100 = row["logprob_similarity"]["100"]
             print(f"{pair['a']} ~ {b} [{pair['label']}/{pair['kind']}]: shared-mistakes p={sm.p_value:.3g} "
                   f"(n*={n_sm}), output-agreement p={ev.p_value:.3g} (n*={n_oa}), "
+                  f"logprob-similarity p={_p(lp100['p_value'])} (n*={lp100['prompts_to_threshold']}), "
                   f"activation-match p={am.p_value if am.p_value is not None else float('nan'):.3g}",
                   file=sys.stderr)
         cache.close()
@@ -317,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         "act_prompts": args.act_prompts, "python": platform.python_version(), "torch": torch.__version__,
         "accuracy": accuracy, "skipped_models": skipped,
         "seconds_per_query": {"cloze": {k: round(m.cloze_s, 5) for k, m in models.items()},
-                              "greedy_4_tokens": {k: round(v, 5) for k, v in gen_s.items()}},
+                              "greedy_4_tokens": {k: round(v, 5) for k, v in gen_s.items()},
+                              **{f"next_token_top{k}": {mid: round(v, 5) for (mid, kk), v in lp_s.items() if kk == k}
+                                 for k in LOGPROB_K}},
         "pairs": rows, "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette
 MODELS = {  # alias -> GGUF file inside the realmodels folder
     "smollm": "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma": "gemma-3-270m-q4_k_m/gemma-3-270m-q4_k_m.gguf",
+    "qwen": "qwen2.5-coder-0.5b-instruct-awq-q4_k_m/qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
 }
 READY_TIMEOUT_S = 120.0
 
@@ -130,6 +131,11 @@ def smollm(pool: ServerPool, realmodels: Path) -> str:
 @pytest.fixture
 def gemma(pool: ServerPool, realmodels: Path) -> str:
     return _server(pool, realmodels, "gemma")
+
+
+@pytest.fixture
+def qwen(pool: ServerPool, realmodels: Path) -> str:
+    return _server(pool, realmodels, "qwen")
 
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,",
@@ -309,3 +315,34 @@ def test_probe_run_cli_on_real_servers(smollm: str, gemma: str, tmp_path: Path) 
     again = runner.invoke(cli, ["probe", "run", str(tmp_path / "set"), a, g, "--cache", cache, "--json"])
     assert again.exit_code == 0 and json.loads(again.output) == out
     assert ResponseCache(cache).count() == 16
+
+
+@pytest.mark.slow
+def test_logprob_similarity_cli_on_real_servers(smollm: str, gemma: str, qwen: str, tmp_path: Path) -> None:
+    """Next-token log-probabilities from real endpoints: one model under two names is caught, two unrelated are not."""
+    runner = CliRunner()
+    common = ["--behaviour", "--method", "logprob-similarity", "--prompts", "16", "--top-logprobs", "10",
+              "--cache", str(tmp_path / "c.sqlite"), "--json"]
+    same = runner.invoke(cli, ["compare", f"{smollm}/v1#smollm", f"openai:{smollm}#smollm-again",
+                               "--reference", f"{gemma}/v1#gemma", *common])
+    assert same.exit_code == 0, same.output
+    s = json.loads(same.output)
+    (ev,) = s["evidence"]
+    assert ev["status"] == "ok" and ev["details"]["top_logprobs"] == 10, ev
+    assert ev["details"]["distance"] < 0.05 and s["verdict"] == "derived", ev["statement"]
+    assert ev["details"]["queries"] == 3 * 16
+
+    # the chat endpoint (first assistant token under each model's chat template) works the same way
+    chat = runner.invoke(cli, ["compare", f"{smollm}/v1#smollm", f"openai:{smollm}#smollm-again",
+                               "--reference", f"{gemma}/v1#gemma", *common, "--chat"])
+    assert chat.exit_code == 0, chat.output
+    c = json.loads(chat.output)
+    assert c["verdict"] == "derived" and c["evidence"][0]["details"]["distance"] < 0.05, c["evidence"][0]
+
+    diff = runner.invoke(cli, ["compare", f"{smollm}/v1#smollm", f"{gemma}/v1#gemma",
+                               "--reference", f"{qwen}/v1#qwen", *common])
+    assert diff.exit_code == 0, diff.output
+    d = json.loads(diff.output)
+    (ev,) = d["evidence"]
+    assert ev["status"] == "ok" and ev["p_value"] is not None and ev["p_value"] > 1e-3, ev["statement"]
+    assert d["verdict"] != "derived"

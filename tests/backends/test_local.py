@@ -51,3 +51,34 @@ def test_remote_code_is_refused(tiny: Path, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BackendError, match="asks for its own code"):
         TransformersBackend(tmp_path)
+
+
+@pytest.mark.parametrize("max_tokens", [1, 5])
+def test_greedy_requests_are_batched_with_the_same_answers(tiny: Path, max_tokens: int) -> None:
+    """Left-padded batches give what one prompt at a time gives (prompts of different lengths)."""
+    prompts = ["w1", "w3 w4 w5 w6 w7 w8", "w9 w10", "w2 w2 w2 w2", "w11 w12 w13"]
+    batched = TransformersBackend(tiny, threads=1, batch_size=4)
+    alone = TransformersBackend(tiny, threads=1, batch_size=1)
+    reqs = [Request(prompt=p, max_tokens=max_tokens - (i % 2 if max_tokens > 1 else 0), top_logprobs=5)
+            for i, p in enumerate(prompts)]
+    seen: list[int] = []
+    got = batched.generate(reqs, on_response=lambda i, r: seen.append(i))
+    import torch
+
+    alone._load()
+    ref = [alone._decode(r, alone._tok(r.prompt, return_tensors="pt")["input_ids"],  # the unbatched path
+                         lambda cur: alone._model(input_ids=cur, use_cache=False), torch) for r in reqs]
+    assert sorted(seen) == list(range(len(prompts)))
+    for g, r in zip(got, ref):
+        assert g.text == r.text and g.tokens == r.tokens
+        assert len(g.top_logprobs) == len(r.top_logprobs) == len(r.tokens)
+        for tg, tr in zip(g.top_logprobs, r.top_logprobs):
+            assert tg.keys() == tr.keys()
+            assert np.allclose([tg[k] for k in tr], [tr[k] for k in tr], atol=1e-4)
+
+
+def test_next_token_logprobs_batched_match_one_at_a_time(tiny: Path) -> None:
+    prompts = ["w1", "w3 w4 w5 w6 w7 w8", "w9 w10"]
+    batched = TransformersBackend(tiny, threads=1, batch_size=3).next_token_logprobs(prompts)
+    alone = np.concatenate([TransformersBackend(tiny, threads=1).next_token_logprobs([p]) for p in prompts])
+    assert batched.shape == (3, 64) and np.allclose(batched, alone, atol=1e-4)

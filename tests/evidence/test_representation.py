@@ -85,3 +85,48 @@ def test_independent_models_are_not_derived(models: dict[str, Path]) -> None:
     res = compare(Model.open(str(models["a"])), Model.open(str(models["c"])),
                   methods=["activation-match"], options={"representation": True, "prompts": 32})
     assert res.verdict == "independent", res.evidence[0].statement
+
+
+def _noised_copy(src: Path, dst: Path, rel: float, seed: int = 0) -> Path:
+    """B = A with Gaussian noise of `rel` times each weight's own spread (a stand-in for a fine-tune)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    m = LlamaForCausalLM.from_pretrained(src)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=g) * rel * float(p.std()))
+    m.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def cka_models(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cka")
+    out = {"a": models["a"], "ft": _noised_copy(models["a"], root / "ft", 0.3)}
+    for s in (2, 3, 4):
+        out[f"r{s}"] = write_tiny_llama(root / f"r{s}", seed=s, chars=True)
+    return out
+
+
+def _cka(a: Path, b: Path, refs: list[object]):  # type: ignore[no-untyped-def]
+    res = compare(Model.open(str(a)), Model.open(str(b)), methods=["representation-cka"],
+                  options={"representation": True, "prompts": 48, "references": refs})
+    return res, res.evidence[0]
+
+
+def test_cka_against_references_catches_a_perturbed_copy(cka_models: dict[str, Path]) -> None:
+    refs = [str(cka_models["r2"]), str(cka_models["r3"])]
+    res, ev = _cka(cka_models["a"], cka_models["ft"], refs)
+    assert res.verdict == "derived" and ev.powered and len(ev.details["tests"]) == 4, ev.statement
+    res, ev = _cka(cka_models["a"], cka_models["r4"], refs)
+    assert res.verdict != "derived" and ev.p_value is not None and ev.p_value > 1e-3, ev.statement
+
+
+def test_cka_without_local_references_is_descriptive(cka_models: dict[str, Path]) -> None:
+    _, ev = _cka(cka_models["a"], cka_models["ft"], [])
+    assert ev.p_value is None and not ev.powered and "no reference models" in ev.statement
+    _, ev = _cka(cka_models["a"], cka_models["ft"], ["http://127.0.0.1:9/v1#m"])
+    assert ev.p_value is None and "not a local model" in ev.statement

@@ -69,6 +69,8 @@ class Backend(ABC):
     """A model that answers requests. `identity` names the model for cache keys and reports."""
 
     name: str = "?"
+    # the most next-token log-probabilities one answer may list (None: as many as the vocabulary has)
+    max_top_logprobs: int | None = None
 
     @property
     @abstractmethod

@@ -84,6 +84,7 @@ class CachedBackend(Backend):
         self.inner = inner
         self.cache = cache
         self.name = inner.name
+        self.max_top_logprobs = inner.max_top_logprobs
         self.asked = 0  # requests that went to the model in this process (not served from cache)
 
     @property

@@ -104,15 +104,90 @@ class TransformersBackend(Backend):
             raise BackendError(f"{self.path}: not a causal language model; it can give hidden states only")
         import torch
 
-        out: list[Response] = []
-        for start in range(0, len(requests), self.batch_size):
-            batch = requests[start:start + self.batch_size]
-            for j, req in enumerate(batch):  # one at a time keeps sampling seeds per request exact
-                resp = self._generate_one(req, torch)
-                out.append(resp)
+        out: list[Response | None] = [None] * len(requests)
+        # greedy requests (log-probability queries, cloze answers, continuations): left-padded batches of
+        # equal length, the whole batch decoded step by step
+        greedy = sorted((i for i, r in enumerate(requests) if self._batchable(r)),
+                        key=lambda i: requests[i].max_tokens)
+        for start in range(0, len(greedy), self.batch_size):
+            idx = greedy[start:start + self.batch_size]
+            for i, resp in zip(idx, self._greedy_batch([requests[i] for i in idx], torch)):
+                out[i] = resp
                 if on_response:
-                    on_response(start + j, resp)
+                    on_response(i, resp)
+        for i, req in enumerate(requests):  # the rest one at a time: sampling seeds stay exact per request
+            if out[i] is None:
+                resp = self._generate_one(req, torch)
+                out[i] = resp
+                if on_response:
+                    on_response(i, resp)
+        return [r for r in out if r is not None]
+
+    def _batchable(self, req: Request) -> bool:
+        return not req.images and not req.temperature and self._processor is None and req.max_tokens >= 1
+
+    def _greedy_batch(self, reqs: Sequence[Request], torch: Any) -> list[Response]:
+        """Greedy decoding of left-padded prompts together; each row stops at its own length or end token."""
+        enc = self._tok([self._prompt_text(r) for r in reqs], return_tensors="pt", padding=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        eos = self._tok.eos_token_id
+        new_ids: list[list[int]] = [[] for _ in reqs]
+        tops: list[list[dict[str, float]]] = [[] for _ in reqs]
+        done = [False] * len(reqs)
+        for _ in range(max(r.max_tokens for r in reqs)):
+            logp = self._forward_last(ids, mask, torch)
+            nxt = torch.argmax(logp, dim=-1)
+            for j, req in enumerate(reqs):
+                if done[j]:
+                    continue
+                tok = int(nxt[j])
+                if req.top_logprobs:
+                    tops[j].append(self._top_table(logp[j], req.top_logprobs, torch))
+                new_ids[j].append(tok)
+                done[j] = len(new_ids[j]) >= req.max_tokens or (eos is not None and tok == eos)
+            if all(done):
+                break
+            ids = torch.cat([ids, nxt.unsqueeze(1).to(ids.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(reqs), 1), dtype=mask.dtype)], dim=1)
+        out = []
+        for req, row, top in zip(reqs, new_ids, tops):
+            text = self._tok.decode(row, skip_special_tokens=True)
+            for stop in req.stop:
+                if stop in text:
+                    text = text[: text.index(stop)]
+            out.append(Response(text=text, tokens=tuple(self._tok.decode([t]) for t in row),
+                                top_logprobs=tuple(top), finish_reason="stop"))
         return out
+
+    def _last_logprobs(self, texts: Sequence[str], torch: Any) -> Any:
+        """(len(texts), vocab) next-token log-probabilities after each text, in one padded forward."""
+        enc = self._tok(list(texts), return_tensors="pt", padding=True)
+        return self._forward_last(enc["input_ids"], enc["attention_mask"], torch)
+
+    def _forward_last(self, ids: Any, mask: Any, torch: Any) -> Any:
+        """Log-probabilities of the next token after each left-padded row (positions from its first real token)."""
+        kw: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+        if self._takes_positions():
+            kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self._model(**kw).logits[:, -1].float()
+        return torch.log_softmax(logits, dim=-1)
+
+    def _takes_positions(self) -> bool:
+        import inspect
+
+        try:
+            return "position_ids" in inspect.signature(self._model.forward).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def _top_table(self, logp: Any, k: int, torch: Any) -> dict[str, float]:
+        """The k most likely next tokens; two ids that decode alike keep the larger log-probability."""
+        v, i = torch.topk(logp, min(k, int(logp.shape[-1])))
+        top: dict[str, float] = {}
+        for tok_id, x in zip(i.tolist(), v.tolist()):
+            top.setdefault(self._tok.decode([int(tok_id)]), float(x))
+        return top
 
     def _prompt_text(self, req: Request) -> str:
         if req.mode == "chat" and req.messages:
@@ -195,8 +270,7 @@ class TransformersBackend(Backend):
                 else:
                     nxt = int(torch.argmax(logits))
                 if req.top_logprobs:
-                    v, i = torch.topk(logp, req.top_logprobs)
-                    tops.append({self._tok.decode([int(k)]): float(x) for k, x in zip(i, v)})
+                    tops.append(self._top_table(logp, req.top_logprobs, torch))
                 tokens.append(self._tok.decode([nxt]))
                 new_ids.append(nxt)
                 if self._tok.eos_token_id is not None and nxt == self._tok.eos_token_id:
@@ -217,8 +291,11 @@ class TransformersBackend(Backend):
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start:start + self.batch_size])
             enc = self._tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            kw = dict(enc)
+            if self._takes_positions():  # left padding: count positions from each text's first real token
+                kw["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                res = self._model(**enc, output_hidden_states=True)
+                res = self._model(**kw, output_hidden_states=True)
             mask = enc["attention_mask"].unsqueeze(-1).float()
             for li, h in enumerate(res.hidden_states):
                 pooled = (h.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -232,13 +309,9 @@ class TransformersBackend(Backend):
         self._load()
         import torch
 
-        rows = []
-        with torch.no_grad():
-            for p in prompts:
-                enc = self._tok(p, return_tensors="pt")
-                logits = self._model(**enc).logits[0, -1].float()
-                rows.append(torch.log_softmax(logits, dim=-1).numpy())
-        return np.stack(rows)
+        rows = [self._last_logprobs(prompts[i:i + self.batch_size], torch).numpy()
+                for i in range(0, len(prompts), self.batch_size)]
+        return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def close(self) -> None:
         self._model = None

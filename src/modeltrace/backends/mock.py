@@ -9,13 +9,19 @@ from modeltrace.backends.base import Backend, Request, Response
 
 
 class MockBackend(Backend):
-    """Answers with a function of the prompt; `answer_fn` overrides it (e.g. a fixed answer sheet)."""
+    """Answers with a function of the prompt; `answer_fn` overrides it (e.g. a fixed answer sheet).
+
+    `logprobs_fn` gives the next-token log-probability table of a prompt; a request that asks
+    for `top_logprobs=k` gets its k best entries.
+    """
 
     name = "mock"
 
     def __init__(self, model_id: str = "mock", seed: int = 0,
-                 answer_fn: Callable[[Request], str] | None = None) -> None:
+                 answer_fn: Callable[[Request], str] | None = None,
+                 logprobs_fn: Callable[[Request], dict[str, float]] | None = None) -> None:
         self.model_id = model_id
+        self.logprobs_fn = logprobs_fn
         self.seed = seed
         self.answer_fn = answer_fn
         self.calls = 0
@@ -36,7 +42,11 @@ class MockBackend(Backend):
         out = []
         for i, r in enumerate(requests):
             self.calls += 1
-            resp = Response(text=self._answer(r), finish_reason="stop")
+            tops: tuple[dict[str, float], ...] = ()
+            if r.top_logprobs and self.logprobs_fn is not None:
+                table = sorted(self.logprobs_fn(r).items(), key=lambda kv: -kv[1])[: r.top_logprobs]
+                tops = (dict(table),)
+            resp = Response(text=self._answer(r), top_logprobs=tops, finish_reason="stop")
             out.append(resp)
             if on_response:
                 on_response(i, resp)

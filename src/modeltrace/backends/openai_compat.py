@@ -85,7 +85,7 @@ class OpenAICompatBackend(Backend):
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
                  timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5,
-                 transport: Any | None = None) -> None:
+                 transport: Any | None = None, max_top_logprobs: int = 20) -> None:
         import httpx
 
         self.base_url = base_url.rstrip("/")
@@ -94,6 +94,8 @@ class OpenAICompatBackend(Backend):
         self.concurrency = max(1, concurrency)
         self.max_retries = max_retries
         self.backoff = backoff
+        # OpenAI's chat API and vLLM's default both stop at 20; llama.cpp's server takes more
+        self.max_top_logprobs = max_top_logprobs
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env)
         if key:

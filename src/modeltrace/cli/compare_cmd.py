@@ -109,7 +109,8 @@ def render(result: CompareResult, console: Console) -> None:
 @click.option("--probes", type=click.Path(exists=True, path_type=Path), metavar="SET",
               help="A probe set with known answers: run the shared-mistakes and canary tests on it.")
 @click.option("--behaviour", is_flag=True,
-              help="Also run both models (locally or at their endpoints): output agreement and representations.")
+              help="Also run both models (locally or at their endpoints): output agreement, next-token "
+                   "log-probabilities and representations.")
 @click.option("--reference", "references", multiple=True, metavar="REF",
               help="A model known to be unrelated to A (folder or endpoint; repeatable): the measured null of "
                    "the behaviour tests.")
@@ -117,12 +118,17 @@ def render(result: CompareResult, console: Console) -> None:
 @click.option("--code", "code", multiple=True, metavar="a=PATH|b=PATH",
               help="Extra modelling code for A or B (repeatable), compared but never run.")
 @click.option("--prompts", type=int, default=200, show_default=True, help="Prompts for the behaviour tests.")
+@click.option("--chat", is_flag=True,
+              help="Send the behaviour prompts as chat messages (for chat-only endpoints and instruction models).")
+@click.option("--top-logprobs", type=click.IntRange(3, 1000), metavar="K",
+              help="Next-token log-probabilities per prompt for logprob-similarity "
+                   "(default 100, or the smallest limit of an endpoint: 20).")
 @click.option("--cache", type=click.Path(path_type=Path), help="Response cache (default ~/.cache/modeltrace).")
 @click.pass_context
 def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, threshold: float, seed: int,
             methods: tuple[str, ...], download: bool, hash_files: bool, probes: Path | None, behaviour: bool,
             references: tuple[str, ...], other: str | None, code: tuple[str, ...], prompts: int,
-            cache: Path | None) -> None:
+            chat: bool, top_logprobs: int | None, cache: Path | None) -> None:
     """Is model B derived from model A? Weight, artifact and (when asked) behaviour evidence.
 
     A and B are folders, weight files or hf:org/name[@rev]; either may also be an endpoint
@@ -131,7 +137,9 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
     from modeltrace.backends.resolve import is_endpoint
 
     options: dict[str, Any] = {"threshold": threshold, "prompts": prompts, "behaviour": behaviour,
-                               "references": list(references), "code": list(code)}
+                               "references": list(references), "code": list(code), "chat": chat}
+    if top_logprobs is not None:
+        options["top_logprobs"] = top_logprobs
     if probes is not None:
         options["probes"] = str(probes)
     if cache is not None:

@@ -15,6 +15,7 @@ METHODS: Registry[type[EvidenceMethod]] = Registry("evidence method", "modeltrac
 __all__ = ["METHODS", "CompareContext", "Evidence", "EvidenceMethod", "Transform"]
 METHODS.register("shared-mistakes", "modeltrace.evidence.behaviour:SharedMistakesMethod")
 METHODS.register("output-agreement", "modeltrace.evidence.behaviour:OutputAgreementMethod")
+METHODS.register("logprob-similarity", "modeltrace.evidence.logprobs:LogprobSimilarityMethod")
 METHODS.register("activation-match", "modeltrace.evidence.representation:ActivationMatchMethod")
 METHODS.register("representation-cka", "modeltrace.evidence.representation:RepresentationCKAMethod")
 METHODS.register("weight-match", "modeltrace.evidence.weights_match:WeightMatchMethod")

@@ -45,6 +45,13 @@ def references(ctx: CompareContext) -> list[Backend]:
     return [cached(r if isinstance(r, Backend) else open_backend(str(r)), ctx.options.get("cache")) for r in refs]
 
 
+def prompt_request(ctx: CompareContext, prompt: str, **kw: Any) -> Request:
+    """A generic prompt as a plain completion, or as one user message where the models are chat models (--chat)."""
+    if ctx.options.get("chat"):
+        return Request(mode="chat", messages=(("user", prompt),), **kw)
+    return Request(prompt=prompt, **kw)
+
+
 _LETTER = re.compile(r"\b([A-Z])\b")
 
 
@@ -150,7 +157,7 @@ class OutputAgreementMethod(EvidenceMethod):
         n = int(ctx.options.get("prompts", 200))
         tokens = int(ctx.options.get("continuation_tokens", 4))
         prompts = generic_prompts(n, seed=ctx.seed)
-        reqs = [Request(prompt=p, max_tokens=tokens) for p in prompts]
+        reqs = [prompt_request(ctx, p, max_tokens=tokens) for p in prompts]
         be_a, be_b = backends(ctx)
         out_a = [r.text for r in be_a.generate(reqs)]
         out_b = [r.text for r in be_b.generate(reqs)]

@@ -172,30 +172,124 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(xty / denom) if denom > 0 else 0.0
 
 
+def unit_rows(layers: list[np.ndarray]) -> list[np.ndarray]:
+    """Each layer's inputs centred over the sample and scaled to unit length.
+
+    Linear CKA on raw pooled states is ruled by the few inputs of largest norm: on the tiny zoo
+    one prompt moved the statistic by more than the gap between a fine-tune and an unrelated model.
+    """
+    out = []
+    for h in layers:
+        h = h - h.mean(axis=0)
+        out.append(h / np.clip(np.linalg.norm(h, axis=1, keepdims=True), 1e-12, None))
+    return out
+
+
+def layer_pairs(n_a: int, n_b: int) -> list[tuple[int, int]]:
+    """Layers at the same relative depth, so that models of different depth still line up."""
+    depth = min(n_a, n_b)
+    return [(round(i * (n_a - 1) / max(1, depth - 1)), round(i * (n_b - 1) / max(1, depth - 1)))
+            for i in range(depth)]
+
+
+def cka_distance(hx: list[np.ndarray], hy: list[np.ndarray], rows: np.ndarray | None = None) -> float:
+    """1 - linear CKA, averaged over layers at the same relative depth (on `rows` of the inputs if given)."""
+    def sel(h: np.ndarray) -> np.ndarray:
+        return h if rows is None else h[rows]
+
+    return float(np.mean([1.0 - linear_cka(sel(hx[i]), sel(hy[j])) for i, j in layer_pairs(len(hx), len(hy))]))
+
+
+def jackknife_margin_p(hx: list[np.ndarray], hy: list[np.ndarray], hr: list[np.ndarray], margin: float) -> float:
+    """p-value of H0: cka_distance(x, y) >= (1 - margin) * cka_distance(x, r), from a delete-one jackknife.
+
+    CKA is a smooth function of second moments, so the jackknife estimates its spread over inputs
+    (Efron & Stein 1981); the one-sided z-test uses that standard error.
+    """
+    from scipy import stats as st
+
+    from modeltrace.stats.combine import floor
+
+    n = hx[0].shape[0]
+
+    def stat(rows: np.ndarray | None) -> float:
+        return cka_distance(hx, hy, rows) - (1.0 - margin) * cka_distance(hx, hr, rows)
+
+    full = stat(None)
+    loo = np.array([stat(np.delete(np.arange(n), i)) for i in range(n)])
+    se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
+    if se == 0.0:
+        return floor(0.0) if full < 0 else 1.0
+    return floor(float(st.norm.cdf(full / se)))
+
+
 class RepresentationCKAMethod(EvidenceMethod):
     """How similar are A's and B's hidden states on the same inputs, layer by layer?"""
 
     name = "representation-cka"
     kind = "representation"
     stage = 40
-    summary = "linear CKA of hidden states per layer (descriptive unless reference models are given)"
+    summary = "linear CKA of hidden states per layer, tested against local reference models when given"
     reference = "REEF: Zhang et al., 'REEF: Representation Encoding Fingerprints for LLMs', ICLR 2025"
+    null_hypothesis = ("B's hidden states are at least (1 - margin) times as far (1 - linear CKA, mean over layers) "
+                       "from A's as those of the closest unrelated reference model, and A's from B's likewise")
 
     def needs(self, ctx: CompareContext) -> str | None:
         return ActivationMatchMethod().needs(ctx)
 
     def run(self, ctx: CompareContext) -> Evidence:
         texts = generic_prompts(int(ctx.options.get("prompts", 64)), seed=ctx.seed + 1)
-        ha = _local_backend(ctx, "a").hidden_states(texts)
-        hb = _local_backend(ctx, "b").hidden_states(texts)
-        depth = min(len(ha), len(hb))
-        # compare layers at the same relative depth, so models of different depth still line up
-        pairs = [(round(i * (len(ha) - 1) / max(1, depth - 1)), round(i * (len(hb) - 1) / max(1, depth - 1)))
-                 for i in range(depth)]
+        ha = unit_rows(_local_backend(ctx, "a").hidden_states(texts))
+        hb = unit_rows(_local_backend(ctx, "b").hidden_states(texts))
+        pairs = layer_pairs(len(ha), len(hb))
         ckas = [linear_cka(ha[i], hb[j]) for i, j in pairs]
-        return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
-                        statistic=float(np.mean(ckas)),
-                        null_hypothesis="none: CKA is high for independent models trained on similar data, "
-                                        "so it is reported, not tested",
-                        statement=f"mean linear CKA of hidden states over {depth} layers: {np.mean(ckas):.3f}",
-                        details={"cka": ckas, "layer_pairs": pairs, "prompts": len(texts)})
+        details: dict[str, Any] = {"cka": ckas, "layer_pairs": pairs, "prompts": len(texts)}
+        stmt = f"mean linear CKA of hidden states (inputs at unit length) over {len(pairs)} layers: {np.mean(ckas):.3f}"
+        refs, why = _local_references(ctx)
+        if not refs or len(texts) < 8:
+            why = why or ("no reference models (--reference)" if not refs else "fewer than 8 prompts")
+            return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
+                            statistic=float(np.mean(ckas)),
+                            null_hypothesis="none: CKA is high for independent models trained on similar data, "
+                                            "so without local reference models it is reported, not tested",
+                            statement=f"{stmt}; not tested: {why}", details=details)
+        margin = float(ctx.options.get("cka_margin", 0.1))
+        d_ab = cka_distance(ha, hb)
+        tests = []
+        for name, hr in ((r.identity, unit_rows(r.hidden_states(texts))) for r in refs):
+            for side, hx, hy in (("A", ha, hb), ("B", hb, ha)):
+                d_r = cka_distance(hx, hr)
+                tests.append({"side": side, "reference": name, "distance_to_reference": round(d_r, 5),
+                              "ratio": round(d_ab / d_r, 4) if d_r > 0 else None,
+                              "p_value": jackknife_margin_p(hx, hy, hr, margin)})
+        p = max(t["p_value"] for t in tests)  # intersection-union over references and sides
+        closest = min(t["distance_to_reference"] for t in tests)
+        details.update(distance=round(d_ab, 5), margin=margin, tests=tests)
+        return Evidence(method=self.name, status="ok", kind="representation", powered=True, p_value=p,
+                        statistic=float(np.mean(ckas)), null_hypothesis=self.null_hypothesis, details=details,
+                        statement=(f"{stmt}; 1 - CKA is {d_ab:.3f} between A and B and at least {closest:.3f} "
+                                   f"between either and {len(refs)} unrelated reference model(s) (the null allows "
+                                   f"down to {1 - margin:.2f} of that)"))
+
+
+def _local_references(ctx: CompareContext) -> tuple[list[Any], str]:
+    """The reference models as local transformers backends; empty with the reason if one is an endpoint."""
+    from modeltrace.backends.base import Backend
+    from modeltrace.backends.cache import CachedBackend
+    from modeltrace.backends.local import TransformersBackend
+    from modeltrace.backends.resolve import is_endpoint
+
+    if "local_refs" in ctx.shared:
+        return list(ctx.shared["local_refs"]), ""
+    out = []
+    for r in ctx.options.get("references") or []:
+        if isinstance(r, CachedBackend):
+            r = r.inner
+        if isinstance(r, TransformersBackend):
+            out.append(r)
+        elif isinstance(r, Backend) or is_endpoint(str(r)):
+            return [], f"reference {getattr(r, 'identity', r)} is not a local model (hidden states need one)"
+        else:
+            out.append(TransformersBackend(str(r), threads=ctx.options.get("threads")))
+    ctx.shared["local_refs"] = out
+    return out, ""

@@ -1,0 +1,178 @@
+"""`logprob-similarity`: are B's next-token distributions closer to A's than unrelated models' are?
+
+Greedy answers keep only the top choice, and a fine-tune changes many of those; the *order of the
+less likely tokens* is what training leaves behind, and it survives fine-tuning much longer (on the
+benchmark zoo a full fine-tune agrees with its parent on fewer greedy continuations than unrelated
+models do, yet its next-token rankings stay three times closer). One query per prompt and model:
+a single next token with its top-k log-probabilities, which local models and OpenAI-compatible
+endpoints (`logprobs`) both give.
+
+Statistic: per prompt, the rank distance 1 - Spearman correlation of the two log-probability
+tables over the union of their listed tokens (a token one side did not list gets that side's
+smallest listed value, an upper bound on it). Test: against reference models known to be
+unrelated, in the spirit of Nikolić et al., "Model Provenance Testing for Large Language Models"
+(2025): for each reference R and each side (A and B), a one-sided paired t-test over prompts of
+H0: mean d(A,B) >= (1 - margin) * mean d(A,R); intersection-union over references and sides (the
+largest p-value decides). The margin keeps the null at the level of models, not prompts: two
+unrelated models are never exactly equally far from A, and with enough prompts any fixed gap is
+"significant"; the null allows B to be up to `margin` closer to A than the closest reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as _st
+
+from modeltrace.backends.base import Backend, Request
+from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
+from modeltrace.evidence.behaviour import backends, prompt_request, references
+from modeltrace.probes.prompts import generic_prompts
+from modeltrace.stats.combine import floor
+
+DEFAULT_K = 100  # local models and llama.cpp give any k; endpoints cap it (OpenAI and vLLM: 20)
+DEFAULT_MARGIN = 0.1
+MIN_PROMPTS = 30
+Table = dict[str, float]
+
+
+def rank_distance(a: Table, b: Table) -> float:
+    """1 - Spearman correlation of two top-k log-probability tables over the union of their tokens.
+
+    0 for the same ranking, about 1 for unrelated ones, up to 2 for reversed ones; nan when the
+    union has fewer than three tokens or one side ranks them all alike.
+    """
+    if not a or not b:
+        return math.nan
+    keys = sorted(set(a) | set(b))
+    if len(keys) < 3:
+        return math.nan
+    fa, fb = min(a.values()), min(b.values())
+    va = np.array([a.get(k, fa) for k in keys], dtype=np.float64)
+    vb = np.array([b.get(k, fb) for k in keys], dtype=np.float64)
+    ra, rb = _st.rankdata(va), _st.rankdata(vb)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    if den == 0.0:
+        return math.nan
+    return 1.0 - float((ra * rb).sum()) / den
+
+
+def distances(xs: Sequence[Table], ys: Sequence[Table]) -> np.ndarray:
+    return np.array([rank_distance(x, y) for x, y in zip(xs, ys)], dtype=np.float64)
+
+
+def margin_test(d_ab: np.ndarray, d_ar: np.ndarray, margin: float) -> float:
+    """One-sided paired t-test p-value of H0: mean d_ab >= (1 - margin) * mean d_ar, over prompts."""
+    diff = d_ab - (1.0 - margin) * d_ar
+    n = len(diff)
+    if n < 2:
+        return 1.0
+    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
+    if sd == 0.0:
+        return floor(0.0) if mean < 0 else 1.0
+    return floor(float(_st.t.cdf(mean / (sd / math.sqrt(n)), n - 1)))
+
+
+def tables(backend: Backend, reqs: Sequence[Request]) -> list[Table]:
+    """The first next-token log-probability table each request got (empty where the backend gave none)."""
+    return [dict(r.top_logprobs[0]) if r.top_logprobs else {} for r in backend.generate(reqs)]
+
+
+def side_tests(d_ab: np.ndarray, d_xr: dict[str, np.ndarray], margin: float,
+               side: str) -> list[dict[str, Any]]:
+    out = []
+    for ref, d in d_xr.items():
+        mean_r = float(d.mean())
+        out.append({"side": side, "reference": ref, "distance_to_reference": round(mean_r, 5),
+                    "ratio": round(float(d_ab.mean()) / mean_r, 4) if mean_r > 0 else None,
+                    "p_value": margin_test(d_ab, d, margin)})
+    return out
+
+
+def prompts_needed(d_ab: np.ndarray, d_refs: list[np.ndarray], margin: float, threshold: float,
+                   step: int = 10) -> int | None:
+    """The smallest prefix of the prompts (in steps of `step`) at which every test is below threshold."""
+    for n in range(step, len(d_ab) + 1, step):
+        if max(margin_test(d_ab[:n], d[:n], margin) for d in d_refs) < threshold:
+            return n
+    return None
+
+
+class LogprobSimilarityMethod(EvidenceMethod):
+    """Are B's next-token rankings closer to A's than those of models known to be unrelated to A?"""
+
+    name = "logprob-similarity"
+    kind = "behaviour"
+    stage = 40
+    summary = "rank distance of next-token log-probabilities, A-B against A-reference and B-reference"
+    reference = ("Nikolić et al., 'Model Provenance Testing for Large Language Models' (2025): testing "
+                 "against unrelated reference models; here on next-token log-probability rankings")
+    null_hypothesis = ("B's next-token rankings are at least (1 - margin) times as far from A's as those of "
+                       "the closest unrelated reference model, and A's from B's likewise "
+                       "(intersection-union over references and sides)")
+
+    def needs(self, ctx: CompareContext) -> str | None:
+        if not ctx.options.get("behaviour"):
+            return "behaviour tests not requested (--behaviour)"
+        return None
+
+    def run(self, ctx: CompareContext) -> Evidence:
+        n = int(ctx.options.get("prompts", 200))
+        margin = float(ctx.options.get("logprob_margin", DEFAULT_MARGIN))
+        threshold = float(ctx.options.get("threshold", 1e-6))
+        be_a, be_b = backends(ctx)
+        refs = references(ctx)
+        limits = [b.max_top_logprobs for b in (be_a, be_b, *refs) if b.max_top_logprobs]
+        k = int(ctx.options.get("top_logprobs") or min([DEFAULT_K, *limits]))
+        prompts = generic_prompts(n, seed=ctx.seed)
+        reqs = [prompt_request(ctx, p, max_tokens=1, top_logprobs=k) for p in prompts]
+        sides = {"A": tables(be_a, reqs), "B": tables(be_b, reqs)}
+        for side, be in (("A", be_a), ("B", be_b)):
+            if not any(sides[side]):
+                return Evidence.skipped(self.name, f"{be.identity} gave no log-probabilities (model {side})",
+                                        kind="behaviour")
+        ref_tables: dict[str, list[Table]] = {}
+        for r in refs:
+            t = tables(r, reqs)
+            if not any(t):
+                return Evidence.skipped(self.name, f"reference {r.identity} gave no log-probabilities",
+                                        kind="behaviour")
+            ref_tables[r.identity] = t
+        d_ab = distances(sides["A"], sides["B"])
+        d_side = {s: {rid: distances(sides[s], t) for rid, t in ref_tables.items()} for s in ("A", "B")}
+        keep = ~np.isnan(d_ab)
+        for per_ref in d_side.values():
+            for d in per_ref.values():
+                keep &= ~np.isnan(d)
+        used = int(keep.sum())
+        d_ab = d_ab[keep]
+        details: dict[str, Any] = {"prompts": n, "prompts_used": used, "top_logprobs": k, "margin": margin,
+                                   "distance": round(float(d_ab.mean()), 5) if used else None,
+                                   "queries": (2 + len(refs)) * n}
+        if not refs or used < 2:
+            why = ("without reference models (--reference) there is no null to test against" if not refs
+                   else "too few prompts gave comparable log-probabilities")
+            mean = f"{float(d_ab.mean()):.3f}" if used else "n/a"
+            return Evidence(method=self.name, status="ok", kind="behaviour", powered=False, p_value=None,
+                            statistic=None if not used else float(d_ab.mean()),
+                            null_hypothesis=self.null_hypothesis, details=details,
+                            statement=f"A's and B's next-token rankings are at rank distance {mean} "
+                                      f"on {used} of {n} prompts; {why}")
+        tests = [t for s in ("A", "B")
+                 for t in side_tests(d_ab, {rid: d[keep] for rid, d in d_side[s].items()}, margin, s)]
+        p = max(t["p_value"] for t in tests)
+        ratio = max((t["ratio"] for t in tests if t["ratio"] is not None), default=None)
+        closest = min(t["distance_to_reference"] for t in tests)
+        details.update(tests=tests, ratio=ratio, prompts_needed=prompts_needed(
+            d_ab, [d[keep] for per in d_side.values() for d in per.values()], margin, threshold))
+        stmt = (f"on {used} prompts, A's and B's next-token rankings (top {k}) are at rank distance "
+                f"{float(d_ab.mean()):.3f}; the closest of {len(refs)} unrelated reference model(s) is at "
+                f"{closest:.3f} from A or B (largest ratio {ratio}; the null allows down to {1 - margin:.2f})")
+        return Evidence(method=self.name, status="ok", kind="behaviour", powered=used >= MIN_PROMPTS, p_value=p,
+                        statistic=float(d_ab.mean()), null_hypothesis=self.null_hypothesis, statement=stmt,
+                        details=details)
