@@ -42,7 +42,7 @@ from modeltrace.backends.cache import CachedBackend, ResponseCache
 from modeltrace.backends.local import TransformersBackend
 from modeltrace.errors import BackendError
 from modeltrace.evidence.base import CompareContext
-from modeltrace.evidence.behaviour import OutputAgreementMethod, agreement, one_sided_two_proportion
+from modeltrace.evidence.behaviour import OutputAgreementMethod, paired_agreement_test
 from modeltrace.evidence.logprobs import LogprobSimilarityMethod
 from modeltrace.evidence.representation import ActivationMatchMethod, RepresentationCKAMethod
 from modeltrace.model import Model
@@ -166,8 +166,8 @@ def agreement_curve(out_a: list[str], out_b: list[str], refs: list[list[str]],
     ns = list(range(step, len(out_a) + 1, step))
     ps = []
     for n in ns:
-        k_ab = agreement(out_a[:n], out_b[:n])
-        ps.append(max(one_sided_two_proportion(k_ab, agreement(out_a[:n], r[:n]), n) for r in refs))
+        ps.append(max(paired_agreement_test(x[:n], y[:n], r[:n])
+                      for r in refs for x, y in ((out_a, out_b), (out_b, out_a))))
     return ns, ps
 
 
@@ -215,7 +215,7 @@ def _n(n: int | None, q: int | None, sec: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The tables of docs/benchmarks/behaviour.md, from the JSON this script writes."""
     head = ("| pair | truth | shared-mistakes p (reference null) | p (modelled null) | items to p<1e-6 | "
-            "output-agreement A-B / A-refs of " + str(result["prompts"]) + " | p | prompts to p<1e-6 | "
+            "output-agreement A-B / refs (A side; B side) of " + str(result["prompts"]) + " | p | prompts to p<1e-6 | "
             "activation-match p | same-index neurons |")
     lines = {"derived": [head, "|" + "---|" * 10], "independent": [head, "|" + "---|" * 10],
              "distilled": [head, "|" + "---|" * 10]}
@@ -226,7 +226,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['a']} ~ {r['b']} | {r['label']} ({r['kind']}) | {_p(sm['p_value'])} | "
             f"{_p(sm['p_value_structure_null'])} | "
             f"{_n(sm['items_to_threshold'], sm['queries_to_threshold'], sm['seconds_to_threshold'])} | "
-            f"{oa['agree']} / {', '.join(map(str, oa['ref_agree']))} | {_p(oa['p_value'])} | "
+            f"{oa['agree']} / {', '.join(map(str, oa['ref_agree']))}; {', '.join(map(str, oa.get('ref_agree_b', [])))} | "
+            f"{_p(oa['p_value'])} | "
             f"{_n(oa['prompts_to_threshold'], oa['queries_to_threshold'], oa['seconds_to_threshold'])} | "
             f"{_p(am['p_value'])} | {'n/a' if stat is None else f'{stat:.3f}'} |")
     lp_head = ("| pair | truth | rank distance A-B | closest reference | largest ratio | p (top 100) | "
@@ -357,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                     "verdict": "derived" if lev.p_value is not None and lev.p_value < THRESHOLD else "not derived"}
             row["output_agreement"] = {
                 "p_value": ev.p_value, "agree": ev.details["agree"], "prompts": ev.details["prompts"],
-                "ref_agree": [r["agree"] for r in ev.details.get("references", [])],
+                "ref_agree": [r["agree"] for r in ev.details.get("references", []) if r.get("side", "A") == "A"],
+                "ref_agree_b": [r["agree"] for r in ev.details.get("references", []) if r.get("side") == "B"],
                 "prompts_to_threshold": n_oa,
                 "queries_to_threshold": None if n_oa is None else n_oa * (2 + len(refs)),
                 "seconds_to_threshold": None if n_oa is None else round(n_oa * per_prompt_s, 3)}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def _lm(seed: int, base: dict[str, str] | None = None):  # type: ignore[no-untyp
     def fn(req: Request) -> str:
         if base is not None and hashlib.sha256(req.prompt.encode()).digest()[0] < 230:
             return base[req.prompt]
-        return "x" + hashlib.sha256(f"{seed}{req.prompt}".encode()).hexdigest()[:1]
+        return "x" + hashlib.sha256(f"{seed}{req.prompt}".encode()).hexdigest()[:6]
     return fn
 
 
@@ -136,3 +137,28 @@ def test_probe_make_draws_a_secret_seed(tmp_path: Path) -> None:
     make_probe_set(tmp_path / "s1", facts=5)
     make_probe_set(tmp_path / "s2", facts=5)
     assert (tmp_path / "s1" / "items.jsonl").read_text() != (tmp_path / "s2" / "items.jsonl").read_text()
+
+
+def _lm_default(seed: int, default_share: float) -> Callable[[Request], str]:
+    """Falls back to one default continuation on a share of prompts; else the prompt's common continuation
+    (20 %, shared by every model) or its own."""
+    def fn(req: Request) -> str:
+        h = hashlib.sha256(f"{seed}|{req.prompt}".encode()).digest()
+        if h[0] / 256 < default_share:
+            return " the\n        # "
+        if h[1] / 256 < 0.2:
+            return "common-" + hashlib.sha256(req.prompt.encode()).hexdigest()[:6]
+        return "own-" + h.hex()[:8]
+    return fn
+
+
+def test_output_agreement_ignores_shared_default_answers(tmp_path: Path) -> None:
+    """Two unrelated models that fall back to the same default answer are not convicted (a trap found on the zoo)."""
+    opts = {"behaviour": True, "prompts": 300, "cache": str(tmp_path / "c.sqlite"),
+            "backend_a": MockBackend("da", answer_fn=_lm_default(1, 0.25)),
+            "backend_b": MockBackend("db", answer_fn=_lm_default(2, 0.25)),
+            "references": [MockBackend(f"dr{i}", answer_fn=_lm_default(10 + i, 0.0)) for i in range(2)]}
+    res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["output-agreement"], options=opts)
+    ev = res.evidence[0]
+    assert ev.details["agree"] > 25  # the defaults alone make them agree far more than the references do
+    assert res.verdict != "derived" and ev.p_value is not None and ev.p_value > 1e-3, ev.details

@@ -10,8 +10,8 @@ Both run only when asked (`--behaviour`, `--probes`), since they cost model quer
 
 from __future__ import annotations
 
-import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,16 +125,36 @@ def agreement(xs: Sequence[str], ys: Sequence[str]) -> int:
     return sum(1 for x, y in zip(xs, ys) if x.strip() == y.strip())
 
 
-def one_sided_two_proportion(k1: int, k2: int, n: int) -> float:
-    """p-value of H0: p1 <= p2 against p1 > p2, from k1/n and k2/n (pooled z-test)."""
-    if n == 0:
+def default_answers(outputs: Sequence[str], share: float = 0.01) -> set[str]:
+    """Continuations a model gives to many different prompts (more than `share` of them, and at least 3).
+
+    Such an answer is the model's default, not a response to the prompt: two unrelated models with
+    the same default agree on every prompt where both fall back to it (measured on the zoo: 50 of
+    68 agreements of two unrelated models were one default continuation).
+    """
+    counts = Counter(o.strip() for o in outputs)
+    limit = max(3, int(share * len(outputs)))
+    return {o for o, c in counts.items() if c >= limit}
+
+
+def paired_agreement_test(x: Sequence[str], y: Sequence[str], r: Sequence[str]) -> float:
+    """Exact one-sided McNemar test of H0: y agrees with x no more often than r does, on the same prompts.
+
+    Prompts where any of the three falls back to one of its default answers are left out. Of the
+    rest, only prompts where exactly one of y and r agrees with x count; under H0 y is the one at
+    most half the time (binomial with p = 1/2).
+    """
+    dx, dy, dr = default_answers(x), default_answers(y), default_answers(r)
+    yes = no = 0
+    for a, b, c in zip(x, y, r):
+        a, b, c = a.strip(), b.strip(), c.strip()
+        if a in dx or b in dy or c in dr:
+            continue
+        yes += a == b and a != c
+        no += a != b and a == c
+    if yes + no == 0:
         return 1.0
-    p1, p2 = k1 / n, k2 / n
-    pool = (k1 + k2) / (2 * n)
-    se = math.sqrt(max(pool * (1 - pool) * 2 / n, 1e-300))
-    if pool in (0.0, 1.0):
-        return 1.0 if p1 <= p2 else floor(0.0)
-    return floor(float(_st.norm.sf((p1 - p2) / se)))
+    return floor(float(_st.binom.sf(yes - 1, yes + no, 0.5)))
 
 
 class OutputAgreementMethod(EvidenceMethod):
@@ -145,8 +165,9 @@ class OutputAgreementMethod(EvidenceMethod):
     stage = 40
     summary = "greedy-continuation agreement of A and B against A and unrelated reference models"
     reference = "Nikolić et al., 'Model Provenance Testing for Large Language Models' (2025)"
-    null_hypothesis = ("B agrees with A no more often than some reference model known to be unrelated to A "
-                       "does (intersection-union over the references)")
+    null_hypothesis = ("B agrees with A no more often than some reference model known to be unrelated to both "
+                       "does, or A with B no more often than with such a model (paired exact tests, "
+                       "intersection-union over references and sides)")
 
     def needs(self, ctx: CompareContext) -> str | None:
         if not ctx.options.get("behaviour"):
@@ -169,18 +190,19 @@ class OutputAgreementMethod(EvidenceMethod):
                             statement=(f"A and B agree on {k_ab}/{n} greedy continuations; without reference "
                                        "models (--reference) there is no null to test against"),
                             details={"prompts": n, "agree": k_ab, "queries": 2 * n})
-        per_ref: list[dict[str, Any]] = []
+        tests: list[dict[str, Any]] = []
         for r in refs:
-            k_ar = agreement(out_a, [x.text for x in r.generate(reqs)])
-            per_ref.append({"reference": r.identity, "agree": k_ar,
-                            "p_value": one_sided_two_proportion(k_ab, k_ar, n)})
-        p = max(x["p_value"] for x in per_ref)  # intersection-union: reject only if B beats every reference
-        best = max(x["agree"] for x in per_ref)
+            out_r = [x.text for x in r.generate(reqs)]
+            for side, mine, other in (("A", out_a, out_b), ("B", out_b, out_a)):
+                tests.append({"side": side, "reference": r.identity, "agree": agreement(mine, out_r),
+                              "p_value": paired_agreement_test(mine, other, out_r)})
+        p = max(x["p_value"] for x in tests)  # intersection-union: B must beat every reference, from both sides
+        best = max(x["agree"] for x in tests)
         return Evidence(method=self.name, status="ok", kind="behaviour", powered=True, p_value=p,
                         statistic=k_ab / n, null_hypothesis=self.null_hypothesis,
                         statement=(f"A and B agree on {k_ab}/{n} greedy continuations; the closest of "
-                                   f"{len(refs)} unrelated reference model(s) agrees with A on {best}/{n}"),
-                        details={"prompts": n, "agree": k_ab, "references": per_ref,
+                                   f"{len(refs)} unrelated reference model(s) agrees with A or B on {best}/{n}"),
+                        details={"prompts": n, "agree": k_ab, "references": tests,
                                  "queries": (2 + len(refs)) * n})
 
 
