@@ -212,6 +212,43 @@ def _n(n: int | None, q: int | None, sec: float | None) -> str:
     return "not reached" if n is None else f"{n} ({q} queries, {sec:.1f} s)"
 
 
+METHOD_COLUMNS = (("shared-mistakes", lambda r: r["shared_mistakes"]["p_value"]),
+                  ("output-agreement", lambda r: r["output_agreement"]["p_value"]),
+                  ("logprob-similarity top 100", lambda r: r["logprob_similarity"]["100"]["p_value"]),
+                  ("logprob-similarity top 20", lambda r: r["logprob_similarity"]["20"]["p_value"]),
+                  ("activation-match", lambda r: r["activation_match"]["p_value"]),
+                  ("representation-cka", lambda r: (r.get("representation_cka") or {}).get("p_value")))
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """Per kind of pair: how many each method called derived (p < 1e-6), of the pairs it could score."""
+    kinds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in result["pairs"]:
+        key = ("independent", "all") if r["label"] == "independent" else (r["label"], r["kind"])
+        kinds.setdefault(key, []).append(r)
+    head = ("| pairs | n | " + " | ".join(name for name, _ in METHOD_COLUMNS)
+            + " | behaviour alone (Bonferroni over the first three) | top-100 prompts to p<1e-6 (median) |")
+    lines = [head, "|" + "---|" * (len(METHOD_COLUMNS) + 4)]
+    for (label, kind), rows in sorted(kinds.items(), key=lambda kv: (kv[0][0] != "independent", kv[0])):
+        cells = []
+        for _, get in METHOD_COLUMNS:
+            ps = [p for p in (get(r) for r in rows) if p is not None]
+            hit = sum(p < THRESHOLD for p in ps)
+            cells.append(f"{hit}/{len(ps)}" + (f" (min p {_p(min(ps))})" if label == "independent" and ps else ""))
+        combined = [min(p for p in (get(r) for _, get in METHOD_COLUMNS[:3]) if p is not None) * 3 for r in rows]
+        cells.append(f"{sum(c < THRESHOLD for c in combined)}/{len(rows)}")
+        need = sorted(r["logprob_similarity"]["100"]["prompts_to_threshold"] for r in rows
+                      if r["logprob_similarity"]["100"]["prompts_to_threshold"] is not None)
+        med = str(need[len(need) // 2]) if need else "not reached"
+        lines.append(f"| {label if label == 'independent' else f'{label}: {kind}'} | {len(rows)} | "
+                     + " | ".join(cells) + f" | {med} |")
+    ratios = sorted(r["logprob_similarity"]["100"]["ratio"] for r in result["pairs"]
+                    if r["label"] == "independent" and r["logprob_similarity"]["100"]["ratio"] is not None)
+    note = (f"\nIndependent pairs: smallest largest-ratio of logprob-similarity (top 100) {ratios[0]:.3f}, "
+            f"5th percentile {ratios[len(ratios) // 20]:.3f} (the null allows down to 0.90).\n" if ratios else "")
+    return "\n".join(lines) + "\n" + note
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The tables of docs/benchmarks/behaviour.md, from the JSON this script writes."""
     head = ("| pair | truth | shared-mistakes p (reference null) | p (modelled null) | items to p<1e-6 | "
@@ -270,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/behaviour.json"))
     args = ap.parse_args(argv)
     if args.table:
-        print(markdown(json.loads(args.table.read_text(encoding="utf-8"))))
+        result = json.loads(args.table.read_text(encoding="utf-8"))
+        print(summary_markdown(result))
+        print(markdown(result))
         return 0
     torch.set_num_threads(1)
     t_start = time.perf_counter()

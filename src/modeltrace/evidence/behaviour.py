@@ -140,18 +140,16 @@ def default_answers(outputs: Sequence[str], share: float = 0.01) -> set[str]:
 def paired_agreement_test(x: Sequence[str], y: Sequence[str], r: Sequence[str]) -> float:
     """Exact one-sided McNemar test of H0: y agrees with x no more often than r does, on the same prompts.
 
-    Prompts where any of the three falls back to one of its default answers are left out. Of the
-    rest, only prompts where exactly one of y and r agrees with x count; under H0 y is the one at
-    most half the time (binomial with p = 1/2).
+    Only prompts where exactly one of y and r agrees with x count, and an agreement on an answer
+    that is a default of both models that give it does not count (y and r are treated alike, so
+    under H0 y is the one at most half the time: binomial with p = 1/2).
     """
     dx, dy, dr = default_answers(x), default_answers(y), default_answers(r)
     yes = no = 0
     for a, b, c in zip(x, y, r):
         a, b, c = a.strip(), b.strip(), c.strip()
-        if a in dx or b in dy or c in dr:
-            continue
-        yes += a == b and a != c
-        no += a != b and a == c
+        yes += a == b and a != c and not (a in dx and a in dy)
+        no += a == c and a != b and not (a in dx and a in dr)
     if yes + no == 0:
         return 1.0
     return floor(float(_st.binom.sf(yes - 1, yes + no, 0.5)))
