@@ -162,3 +162,20 @@ def test_output_agreement_ignores_shared_default_answers(tmp_path: Path) -> None
     ev = res.evidence[0]
     assert ev.details["agree"] > 25  # the defaults alone make them agree far more than the references do
     assert res.verdict != "derived" and ev.p_value is not None and ev.p_value > 1e-3, ev.details
+
+
+def test_probe_items_go_as_chat_messages_with_chat(tmp_path: Path) -> None:
+    make_probe_set(tmp_path / "set", facts=20, seed=1)
+    items = load_probe_set(tmp_path / "set").items
+    sheet = {it.prompt: it.answer for it in items}
+    seen: list[Request] = []
+
+    def answer(req: Request) -> str:
+        seen.append(req)
+        return sheet.get(req.messages[-1][1], "?")
+
+    opts = {"probes": str(tmp_path / "set"), "cache": str(tmp_path / "c.sqlite"), "chat": True,
+            "backend_a": MockBackend("ca", answer_fn=answer), "backend_b": MockBackend("cb", answer_fn=answer)}
+    res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["shared-mistakes"], options=opts)
+    assert res.evidence[0].details["a_wrong"] == 0  # every item was read from its chat message
+    assert len(seen) == 40 and all(r.mode == "chat" and not r.prompt and r.messages[0][0] == "user" for r in seen)

@@ -78,9 +78,10 @@ def check_opening_cmd(opening: Path, commitment: Path) -> None:
 @click.argument("models", metavar="MODEL...", nargs=-1, required=True)
 @click.option("--cache", type=click.Path(path_type=Path), help="Response cache (SQLite); default ~/.cache/modeltrace.")
 @click.option("--reference", "references", multiple=True, help="A model known to be unrelated (repeatable).")
+@click.option("--chat", is_flag=True, help="Ask each item as a chat message (instruction-tuned models).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def run_cmd(set_path: Path, models: tuple[str, ...], cache: Path | None, references: tuple[str, ...],
-            as_json: bool) -> None:
+            chat: bool, as_json: bool) -> None:
     """Ask every MODEL (folder or openai:URL#MODEL) the probe items; test each pair for shared mistakes."""
     from itertools import combinations
 
@@ -91,7 +92,7 @@ def run_cmd(set_path: Path, models: tuple[str, ...], cache: Path | None, referen
     ps = load_probe_set(set_path)
     answers = {}
     for ref in models + references:
-        answers[ref] = ask_probes(cached(open_backend(ref), cache), ps.items, ps.root)
+        answers[ref] = ask_probes(cached(open_backend(ref), cache), ps.items, ps.root, chat=chat)
     refs = [answers[r] for r in references]
     rows = []
     for ref in models:

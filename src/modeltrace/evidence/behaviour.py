@@ -65,9 +65,11 @@ def extract_answer(item: ProbeItem, text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def ask_probes(backend: Backend, items: Sequence[ProbeItem], root: Any) -> dict[str, str]:
-    reqs = [Request(prompt=it.prompt, mode="chat" if it.image else "completion", max_tokens=8,
-                    messages=(("user", it.prompt),) if it.image else (),
+def ask_probes(backend: Backend, items: Sequence[ProbeItem], root: Any, *, chat: bool = False) -> dict[str, str]:
+    """Each item's answer; items with images, and every item with `chat`, are asked as one user message."""
+    reqs = [Request(prompt="" if (chat or it.image) else it.prompt,
+                    mode="chat" if (chat or it.image) else "completion", max_tokens=8,
+                    messages=(("user", it.prompt),) if (chat or it.image) else (),
                     images=(str(root / it.image),) if it.image else ()) for it in items]
     answers = backend.generate(reqs)
     return {it.id: extract_answer(it, r.text) for it, r in zip(items, answers)}
@@ -92,9 +94,10 @@ class SharedMistakesMethod(EvidenceMethod):
     def run(self, ctx: CompareContext) -> Evidence:
         ps = load_probe_set(ctx.options["probes"])
         be_a, be_b = backends(ctx)
-        ans_a = ask_probes(be_a, ps.items, ps.root)
-        ans_b = ask_probes(be_b, ps.items, ps.root)
-        refs = [ask_probes(r, ps.items, ps.root) for r in references(ctx)]
+        chat = bool(ctx.options.get("chat"))
+        ans_a = ask_probes(be_a, ps.items, ps.root, chat=chat)
+        ans_b = ask_probes(be_b, ps.items, ps.root, chat=chat)
+        refs = [ask_probes(r, ps.items, ps.root, chat=chat) for r in references(ctx)]
         res = shared_mistakes(ps.items, ans_a, ans_b, refs)
         powered = res.scored >= 5
         p_value: float | None = res.p_value
@@ -231,8 +234,9 @@ class CanaryRecallMethod(EvidenceMethod):
         ps = load_probe_set(ctx.options["probes"])
         items = canary_items(ps.items)
         be_a, be_b = backends(ctx)
-        ans_a = ask_probes(be_a, items, ps.root)
-        ans_b = ask_probes(be_b, items, ps.root)
+        chat = bool(ctx.options.get("chat"))
+        ans_a = ask_probes(be_a, items, ps.root, chat=chat)
+        ans_b = ask_probes(be_b, items, ps.root, chat=chat)
         right_a = sum(ans_a.get(it.id) == it.answer for it in items)
         right_b = sum(ans_b.get(it.id) == it.answer for it in items)
         chance = float(np.mean([1.0 / len(it.choices) for it in items]))
