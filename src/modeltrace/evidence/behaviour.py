@@ -158,22 +158,27 @@ def paired_agreement_test(x: Sequence[str], y: Sequence[str], r: Sequence[str]) 
     return floor(float(_st.binom.sf(yes - 1, yes + no, 0.5)))
 
 
-class OutputAgreementMethod(EvidenceMethod):
-    """Do A and B continue generic prompts alike more often than A and models known to be unrelated?"""
+class GenericPromptMethod(EvidenceMethod):
+    """A behaviour test on generic prompts: runs when asked (--behaviour), since it costs model queries."""
 
-    name = "output-agreement"
     kind = "behaviour"
     stage = 40
-    summary = "greedy-continuation agreement of A and B against A and unrelated reference models"
-    reference = "Nikolić et al., 'Model Provenance Testing for Large Language Models' (2025)"
-    null_hypothesis = ("B agrees with A no more often than some reference model known to be unrelated to both "
-                       "does, or A with B no more often than with such a model (paired exact tests, "
-                       "intersection-union over references and sides)")
 
     def needs(self, ctx: CompareContext) -> str | None:
         if not ctx.options.get("behaviour"):
             return "behaviour tests not requested (--behaviour)"
         return None
+
+
+class OutputAgreementMethod(GenericPromptMethod):
+    """Do A and B continue generic prompts alike more often than A and models known to be unrelated?"""
+
+    name = "output-agreement"
+    summary = "greedy-continuation agreement of A and B against A and unrelated reference models"
+    reference = "Nikolić et al., 'Model Provenance Testing for Large Language Models' (2025)"
+    null_hypothesis = ("B agrees with A no more often than some reference model known to be unrelated to both "
+                       "does, or A with B no more often than with such a model (paired exact tests, "
+                       "intersection-union over references and sides)")
 
     def run(self, ctx: CompareContext) -> Evidence:
         n = int(ctx.options.get("prompts", 200))

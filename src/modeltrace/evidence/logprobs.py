@@ -28,8 +28,8 @@ import numpy as np
 from scipy import stats as _st
 
 from modeltrace.backends.base import Backend, Request
-from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
-from modeltrace.evidence.behaviour import backends, prompt_request, references
+from modeltrace.evidence.base import CompareContext, Evidence
+from modeltrace.evidence.behaviour import GenericPromptMethod, backends, prompt_request, references
 from modeltrace.probes.prompts import generic_prompts
 from modeltrace.stats.combine import floor
 
@@ -103,23 +103,16 @@ def prompts_needed(d_ab: np.ndarray, d_refs: list[np.ndarray], margin: float, th
     return None
 
 
-class LogprobSimilarityMethod(EvidenceMethod):
+class LogprobSimilarityMethod(GenericPromptMethod):
     """Are B's next-token rankings closer to A's than those of models known to be unrelated to A?"""
 
     name = "logprob-similarity"
-    kind = "behaviour"
-    stage = 40
     summary = "rank distance of next-token log-probabilities, A-B against A-reference and B-reference"
     reference = ("Nikolić et al., 'Model Provenance Testing for Large Language Models' (2025): testing "
                  "against unrelated reference models; here on next-token log-probability rankings")
     null_hypothesis = ("B's next-token rankings are at least (1 - margin) times as far from A's as those of "
                        "the closest unrelated reference model, and A's from B's likewise "
                        "(intersection-union over references and sides)")
-
-    def needs(self, ctx: CompareContext) -> str | None:
-        if not ctx.options.get("behaviour"):
-            return "behaviour tests not requested (--behaviour)"
-        return None
 
     def run(self, ctx: CompareContext) -> Evidence:
         n = int(ctx.options.get("prompts", 200))
