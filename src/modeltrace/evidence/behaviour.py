@@ -41,8 +41,12 @@ def backends(ctx: CompareContext) -> tuple[Backend, Backend]:
 
 
 def references(ctx: CompareContext) -> list[Backend]:
-    refs = ctx.options.get("references") or []
-    return [cached(r if isinstance(r, Backend) else open_backend(str(r)), ctx.options.get("cache")) for r in refs]
+    """The (cached) reference backends, opened once per compare and shared by every method that uses them."""
+    if "references" not in ctx.shared:
+        refs = ctx.options.get("references") or []
+        ctx.shared["references"] = [cached(r if isinstance(r, Backend) else open_backend(str(r)),
+                                           ctx.options.get("cache")) for r in refs]
+    return list(ctx.shared["references"])
 
 
 def prompt_request(ctx: CompareContext, prompt: str, **kw: Any) -> Request:

@@ -274,22 +274,16 @@ class RepresentationCKAMethod(EvidenceMethod):
 
 def _local_references(ctx: CompareContext) -> tuple[list[Any], str]:
     """The reference models as local transformers backends; empty with the reason if one is an endpoint."""
-    from modeltrace.backends.base import Backend
     from modeltrace.backends.cache import CachedBackend
     from modeltrace.backends.local import TransformersBackend
-    from modeltrace.backends.resolve import is_endpoint
+    from modeltrace.evidence.behaviour import references
 
-    if "local_refs" in ctx.shared:
-        return list(ctx.shared["local_refs"]), ""
     out = []
-    for r in ctx.options.get("references") or []:
-        if isinstance(r, CachedBackend):
-            r = r.inner
-        if isinstance(r, TransformersBackend):
-            out.append(r)
-        elif isinstance(r, Backend) or is_endpoint(str(r)):
-            return [], f"reference {getattr(r, 'identity', r)} is not a local model (hidden states need one)"
-        else:
-            out.append(TransformersBackend(str(r), threads=ctx.options.get("threads")))
-    ctx.shared["local_refs"] = out
+    for r in references(ctx):  # the same backends the behaviour tests use: each model loaded once
+        inner = r
+        while isinstance(inner, CachedBackend):
+            inner = inner.inner
+        if not isinstance(inner, TransformersBackend):
+            return [], f"reference {r.identity} is not a local model (hidden states need one)"
+        out.append(inner)
     return out, ""
