@@ -49,6 +49,27 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class ControlOutcome:
+    """One positive control: a test re-run on a synthetic derivation of A, and whether it rejected.
+
+    `kind` names the derivation (permute, rotate, noise, rotate+noise, finetune, drop-layer,
+    duplicate-layer, reseed, ...); `strength` is its size where it has one (noise as a fraction of
+    each tensor's standard deviation). A control is detected when its p-value is below the threshold.
+    """
+
+    kind: str
+    strength: float | None
+    method: str
+    p_value: float
+    detected: bool
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "strength": self.strength, "method": self.method, "p_value": self.p_value,
+                "detected": self.detected, "note": self.note}
+
+
+@dataclass(frozen=True)
 class Transform:
     """One step of how B was made from A, with its estimates (`kind` from a fixed vocabulary)."""
 
@@ -92,3 +113,12 @@ class EvidenceMethod(ABC):
     @abstractmethod
     def run(self, ctx: CompareContext) -> Evidence:
         """Run the test. May add transforms, layer_map and rename_map entries to `ctx`."""
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        """Positive controls of this test on synthetic derivations of A (what it would have caught).
+
+        Called by compare only when `result` did not reject. The weight tests get theirs from
+        `evidence.controls`, which re-runs them on transformed copies of A; a method that can make
+        its own cheap controls (A against itself re-seeded) overrides this. Default: none.
+        """
+        return []
