@@ -18,6 +18,7 @@ METHODS.register("output-agreement", "modeltrace.evidence.behaviour:OutputAgreem
 METHODS.register("logprob-similarity", "modeltrace.evidence.logprobs:LogprobSimilarityMethod")
 METHODS.register("activation-match", "modeltrace.evidence.representation:ActivationMatchMethod")
 METHODS.register("representation-cka", "modeltrace.evidence.representation:RepresentationCKAMethod")
+METHODS.register("fixed-tensors", "modeltrace.evidence.fixed_tensors:FixedTensorsMethod")
 METHODS.register("weight-match", "modeltrace.evidence.weights_match:WeightMatchMethod")
 METHODS.register("weight-identity", "modeltrace.evidence.weights_identity:WeightIdentityMethod")
 METHODS.register("weight-permutation", "modeltrace.evidence.weights_permutation:WeightPermutationMethod")

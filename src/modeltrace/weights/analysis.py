@@ -31,6 +31,7 @@ from modeltrace.weights.align import (
     UnitMatch,
     align_residual,
     match_units,
+    procrustes,
     sample_units,
     screen_residual,
     unit_rows,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 SCREEN_TOKENS = 1024  # shared tokens read to screen the residual stream (identity? rotation possible?)
 EMBED_SAMPLE = 8192  # shared tokens used to fit a rotation (at least twice the width)
+MATCHED = "B's embeddings match A's"
 
 
 def _fast_rows(src: TensorSource, name: str) -> bool:
@@ -89,6 +91,7 @@ class WeightAnalysis:
     _matches: dict[tuple[str, int, int, str, int | None], UnitMatch] = field(default_factory=dict)
     _proj: dict[int, Projector] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
+    gated: bool = True  # believe a residual rotation only when it fits well (see `align_residual`)
 
     # --- vocabulary and residual stream ---------------------------------------------------
     def embed_pieces(self) -> tuple[Piece, Piece, str] | None:
@@ -122,10 +125,12 @@ class WeightAnalysis:
             rng = np.random.default_rng([self.seed, 11])
             order = rng.permutation(k)
             ea, eb = self._embed_rows(pieces, voc, order[:SCREEN_TOKENS])
+            if not self.gated:
+                self._residual = self._ungated(pieces, voc, order, ea, eb)
+                return self._residual
             verdict, fit_i, gram = screen_residual(ea, eb)
             if verdict == "match":
-                self._residual = ResidualAlignment("identity", None, fit_i, float("nan"), len(ea),
-                                                   "B's embeddings match A's")
+                self._residual = ResidualAlignment("identity", None, fit_i, float("nan"), len(ea), MATCHED)
             elif verdict == "differ":
                 self._residual = ResidualAlignment(
                     "identity", None, fit_i, float("nan"), len(ea),
@@ -134,6 +139,31 @@ class WeightAnalysis:
                 ea, eb = self._embed_rows(pieces, voc, order[:max(EMBED_SAMPLE, 2 * ea.shape[1])])
                 self._residual = align_residual(ea, eb)
         return self._residual
+
+    def _ungated(self, pieces: tuple[Piece, Piece, str], voc: VocabAlignment, order: np.ndarray,
+                 ea: np.ndarray, eb: np.ndarray) -> ResidualAlignment:
+        """The Procrustes rotation whenever it fits better than the identity, however loosely.
+
+        For a test whose null is exact under any alignment that does not depend on B's unit labels
+        (weight-identity: R is a function of the embeddings alone), a loose fit costs nothing in
+        validity, and it is what lets a rotated copy with heavy noise still be aligned.
+        """
+        nb = float(np.linalg.norm(eb)) or 1.0
+        fit_i = float(np.linalg.norm(ea - eb)) / nb
+        if fit_i < 1e-6:
+            return ResidualAlignment("identity", None, fit_i, float("nan"), len(ea), "B's embeddings equal A's")
+        ea, eb = self._embed_rows(pieces, voc, order[:max(EMBED_SAMPLE, 2 * ea.shape[1])])
+        if ea.shape[0] < ea.shape[1]:
+            return ResidualAlignment("unavailable", None, fit_i, float("nan"), ea.shape[0],
+                                     f"{ea.shape[0]} shared tokens cannot fix a {ea.shape[1]}-dimensional rotation")
+        fit_i = float(np.linalg.norm(ea - eb)) / (float(np.linalg.norm(eb)) or 1.0)
+        r = procrustes(ea, eb)
+        fit_r = float(np.linalg.norm(ea @ r - eb)) / (float(np.linalg.norm(eb)) or 1.0)
+        if fit_r >= fit_i:
+            return ResidualAlignment("identity", None, fit_i, fit_r, ea.shape[0])
+        is_perm = bool(np.all(np.max(np.abs(r), axis=1) > 0.9))
+        return ResidualAlignment("permute" if is_perm else "rotate", r, fit_i, fit_r, ea.shape[0],
+                                 "ungated: used whatever its fit")
 
     def _embed_rows(self, pieces: tuple[Piece, Piece, str], voc: VocabAlignment,
                     pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -313,9 +343,14 @@ class WeightAnalysis:
         return out
 
 
-def analysis_for(ctx: CompareContext) -> WeightAnalysis:
-    """The shared analysis of `ctx` (built on first use), with the matching's findings recorded in ctx."""
-    wa = ctx.shared.get("weights")
+def analysis_for(ctx: CompareContext, *, gated: bool = True) -> WeightAnalysis:
+    """The shared analysis of `ctx` (built on first use), with the matching's findings recorded in ctx.
+
+    `gated=False` gives a second analysis on the same matching whose residual alignment is used
+    however loosely it fits (for tests whose null holds under any label-free alignment).
+    """
+    key = "weights" if gated else "weights_ungated"
+    wa = ctx.shared.get(key)
     if isinstance(wa, WeightAnalysis):
         return wa
     matching = ctx.shared.get("matching")
@@ -324,8 +359,15 @@ def analysis_for(ctx: CompareContext) -> WeightAnalysis:
         ctx.shared["matching"] = matching
     rows = int(ctx.options.get("weight_rows", DEFAULT_ROWS))
     cols = int(ctx.options.get("weight_cols", PROJECT_DIM))
-    wa = WeightAnalysis(matching=matching, seed=ctx.seed, model_a=ctx.a, model_b=ctx.b, rows=rows, cols=cols)
-    ctx.shared["weights"] = wa
+    wa = WeightAnalysis(matching=matching, seed=ctx.seed, model_a=ctx.a, model_b=ctx.b, rows=rows, cols=cols,
+                        gated=gated)
+    ctx.shared[key] = wa
+    other = ctx.shared.get("weights_ungated" if gated else "weights")
+    if isinstance(other, WeightAnalysis):
+        wa._vocab = other._vocab
+        res = other._residual
+        if res is not None and (res.kind != "identity" or res.reason == MATCHED):
+            wa._residual = res  # only a fit the gate turned down is worth fitting again without it
     ctx.rename_map.update(matching.rename_map)
     kinds = {t.kind for t in ctx.transforms}
     ctx.transforms.extend(t for t in matching.transforms if t.kind not in kinds)
@@ -334,9 +376,9 @@ def analysis_for(ctx: CompareContext) -> WeightAnalysis:
 
 def record_layer_map(ctx: CompareContext, wa: WeightAnalysis) -> list[dict[str, Any]]:
     """Put the layer correspondence of every component into ctx.layer_map (once)."""
-    if "layer_map" in wa.reported:
+    if ctx.shared.get("layer_map_recorded"):
         return ctx.layer_map
-    wa.reported.add("layer_map")
+    ctx.shared["layer_map_recorded"] = True
     for comp in wa.components():
         ctx.layer_map.extend(wa.layer_map(comp).entries(comp))
     return ctx.layer_map
