@@ -320,7 +320,8 @@ def analysis_for(ctx: CompareContext) -> WeightAnalysis:
         return wa
     matching = ctx.shared.get("matching")
     if not isinstance(matching, Matching):
-        matching = match_models(ctx.a, ctx.b)
+        matching = match_models(ctx.a, ctx.b, exclude_a=frozenset(ctx.shared.get("exclude_a", frozenset())),
+                                exclude_b=frozenset(ctx.shared.get("exclude_b", frozenset())))
         ctx.shared["matching"] = matching
     rows = int(ctx.options.get("weight_rows", DEFAULT_ROWS))
     cols = int(ctx.options.get("weight_cols", PROJECT_DIM))

@@ -202,9 +202,10 @@ class _Side:
 
 
 class _Builder:
-    def __init__(self, sa: TensorSource, sb: TensorSource) -> None:
-        ia = {n: i for n, i in sa.infos().items() if _usable(i)}
-        ib = {n: i for n, i in sb.infos().items() if _usable(i)}
+    def __init__(self, sa: TensorSource, sb: TensorSource, exclude_a: frozenset[str] = frozenset(),
+                 exclude_b: frozenset[str] = frozenset()) -> None:
+        ia = {n: i for n, i in sa.infos().items() if _usable(i) and n not in exclude_a}
+        ib = {n: i for n, i in sb.infos().items() if _usable(i) and n not in exclude_b}
         self.A = _Side(ia, assign_roles(ia), dict.fromkeys(ia))
         self.B = _Side(ib, assign_roles(ib), dict.fromkeys(ib))
         self.pairs: list[TensorPair] = []
@@ -404,9 +405,15 @@ class _Builder:
         self.pending_square = []
 
 
-def match_sources(sa: TensorSource, sb: TensorSource) -> Matching:
-    """Pair A's tensors with B's using metadata only (see the module docstring for the stages)."""
-    bld = _Builder(sa, sb)
+def match_sources(sa: TensorSource, sb: TensorSource, *, exclude_a: frozenset[str] = frozenset(),
+                  exclude_b: frozenset[str] = frozenset()) -> Matching:
+    """Pair A's tensors with B's (see the module docstring for the stages).
+
+    Tensors named in `exclude_a` / `exclude_b` are never paired (fixed, non-learned buffers such as
+    STFT bases or sinusoidal position tables, which agree in unrelated models); they are not listed
+    as unmatched either.
+    """
+    bld = _Builder(sa, sb, frozenset(exclude_a), frozenset(exclude_b))
     bld.by_name()
     prefix_map = bld.by_prefix()
     fused = bld.by_role()
@@ -439,6 +446,7 @@ def match_sources(sa: TensorSource, sb: TensorSource) -> Matching:
                     transforms=tuple(transforms), hidden_size=hidden, view_a=view_a, view_b=view_b)
 
 
-def match_models(a: Model, b: Model) -> Matching:
-    """Pair the tensors of two opened models (metadata only; see `match_sources`)."""
-    return match_sources(a.source, b.source)
+def match_models(a: Model, b: Model, *, exclude_a: frozenset[str] = frozenset(),
+                 exclude_b: frozenset[str] = frozenset()) -> Matching:
+    """Pair the tensors of two opened models (see `match_sources`; excluded names are never paired)."""
+    return match_sources(a.source, b.source, exclude_a=exclude_a, exclude_b=exclude_b)
