@@ -33,6 +33,9 @@ class WeightMatchMethod(EvidenceMethod):
         voc = wa.vocab()
         statement = (f"paired {m.n_pairs} tensor piece(s); {len(m.unmatched_a)} of A and {len(m.unmatched_b)} "
                      f"of B unpaired; {len(m.rename_map)} renamed")
+        bad = {side: sum(v.values()) for side, v in m.nonfinite.items() if v}
+        if bad:
+            statement += "; non-finite values zeroed: " + ", ".join(f"{n} in {s.upper()}" for s, n in bad.items())
         return Evidence(method=self.name, status="ok", statement=statement, powered=False,
                         details={"matching": m.summary(), "residual": res.describe(),
                                  "vocab": voc.describe() if voc is not None else None,

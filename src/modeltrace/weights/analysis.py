@@ -66,7 +66,7 @@ def gather_rows(matching: Matching, side: str, piece: Piece, idx: np.ndarray) ->
     out = []
     for run in np.split(idx, breaks):
         block = src.read_rows(piece.name, int(run[0]), int(run[-1]) + 1)
-        out.append(block.reshape(block.shape[0], -1))
+        out.append(matching.finite(side, piece.name, block.reshape(block.shape[0], -1)))
     return np.concatenate(out)
 
 

@@ -126,28 +126,41 @@ class Matching:
     hidden_size: int | None = None
     view_a: dict[ViewKey, Piece] = field(default_factory=dict)
     view_b: dict[ViewKey, Piece] = field(default_factory=dict)
+    # side ("a"/"b") -> tensor -> non-finite values zeroed on reading (the most seen in one read); filled
+    # as tensors are read, so a report holding this dict shows every value the weight analysis zeroed
+    nonfinite: dict[str, dict[str, int]] = field(default_factory=lambda: {"a": {}, "b": {}}, compare=False)
 
-    @staticmethod
-    def _take(arr: np.ndarray, transpose: bool, rows: Rows) -> np.ndarray:
-        """Orient and slice; a transposed tensor comes back as a (non-contiguous) view, not a copy."""
+    def finite(self, side: str, name: str, arr: np.ndarray) -> np.ndarray:
+        """`arr` with NaN and +-Inf replaced by 0, the count recorded: one corrupt value must not stop
+        every weight method (SVDs and Procrustes fits fail on it) nor hide a copy."""
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if not bad:
+            return arr
+        seen = self.nonfinite.setdefault(side, {})
+        seen[name] = max(bad, seen.get(name, 0))
+        out: np.ndarray = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
+    def _take(self, side: str, name: str, transpose: bool, rows: Rows) -> np.ndarray:
+        """Read, orient and slice; a transposed tensor comes back as a (non-contiguous) view, not a copy."""
+        arr = (self.a_source if side == "a" else self.b_source).read(name)
         if transpose and arr.ndim == 2:
             arr = arr.T
         if rows is not None:
             arr = arr[rows[0]:rows[1]]
-        return arr.astype(np.float32, copy=False)
+        return self.finite(side, name, arr.astype(np.float32, copy=False))
 
     def read_a(self, p: TensorPair) -> np.ndarray:
-        """A's piece as float32, in (out, in) layout."""
-        return self._take(self.a_source.read(p.a), p.a_transpose, p.a_rows)
+        """A's piece as float32, in (out, in) layout (non-finite values zeroed and counted)."""
+        return self._take("a", p.a, p.a_transpose, p.a_rows)
 
     def read_b(self, p: TensorPair) -> np.ndarray:
         """B's piece as float32, in A's layout (same shape as `read_a(p)`)."""
-        return self._take(self.b_source.read(p.b), p.b_transpose, p.b_rows)
+        return self._take("b", p.b, p.b_transpose, p.b_rows)
 
     def read_piece(self, side: str, piece: Piece) -> np.ndarray:
         """A piece of one side ("a" or "b") as float32 in (out, in) layout."""
-        src = self.a_source if side == "a" else self.b_source
-        return self._take(src.read(piece.name), piece.transpose, piece.rows)
+        return self._take(side, piece.name, piece.transpose, piece.rows)
 
     def piece(self, side: str, kind: str, layer: int | None, component: str = "language_model",
               param: str = "weight") -> Piece | None:
@@ -174,8 +187,10 @@ class Matching:
 
     def summary(self) -> dict[str, object]:
         hows = Counter(p.how for p in self.pairs)
-        return {"pairs": len(self.pairs), "by": dict(hows), "unmatched_a": len(self.unmatched_a),
-                "unmatched_b": len(self.unmatched_b), "prefix_map": self.prefix_map}
+        out: dict[str, object] = {"pairs": len(self.pairs), "by": dict(hows), "unmatched_a": len(self.unmatched_a),
+                                  "unmatched_b": len(self.unmatched_b), "prefix_map": self.prefix_map}
+        out["nonfinite_zeroed"] = self.nonfinite  # the live counts (see `finite`)
+        return out
 
 
 # --- helpers -----------------------------------------------------------------------------------
