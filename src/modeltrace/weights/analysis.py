@@ -51,7 +51,7 @@ def _fast_rows(src: TensorSource, name: str) -> bool:
     """Whether `src.read_rows` reads only the rows asked for (the base class reads the whole tensor)."""
     inner = src
     if isinstance(src, CompositeSource):
-        inner = src._lookup(name)[0]
+        inner = src.reader_of(name)[0]
     return type(inner).read_rows is not TensorSource.read_rows
 
 

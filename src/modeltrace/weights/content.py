@@ -61,8 +61,13 @@ def coords(d: int) -> np.ndarray:
 
 
 def matrix_signature(x: np.ndarray, residual_axis: int) -> Signature:
-    """Signature of a matrix in A's (out, in) layout whose residual axis is `residual_axis` (0 or 1)."""
+    """Signature of a matrix in A's (out, in) layout whose residual axis is `residual_axis` (0 or 1).
+
+    A tensor of more dimensions (a conv kernel) is read as (output channels, the rest), the Gram
+    taken over the rest: invariant to permuting output channels."""
     shape = tuple(int(s) for s in x.shape)
+    if x.ndim > 2:  # a kernel: one row per output channel
+        x, residual_axis = x.reshape(x.shape[0], -1), 1
     m = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if residual_axis == 0:
         m = m.T

@@ -392,8 +392,8 @@ class _Builder:
         """
         from modeltrace.weights import content as ct
 
-        fa = [n for n in self.A.free if len(self.A.infos[n].shape) in (1, 2)]
-        fb = [n for n in self.B.free if len(self.B.infos[n].shape) in (1, 2)]
+        fa = [n for n in self.A.free if len(self.A.infos[n].shape) >= 1]
+        fb = [n for n in self.B.free if len(self.B.infos[n].shape) >= 1]
         if not fa or not fb:
             return
         hidden = self._hidden()
@@ -402,6 +402,8 @@ class _Builder:
         def a_axis(n: str) -> int:
             r = self.A.role(n)
             shape = self.A.canon(n)
+            if len(shape) > 2:
+                return 1
             if r is not None and r.kind in ("attn_o", "mlp_down"):
                 return 0
             if r is not None and r.kind != "other":
@@ -415,7 +417,7 @@ class _Builder:
         sig_a: dict[str, ct.Signature] = {}
         for n in fa:
             x = read_a(n)
-            sig_a[n] = (ct.matrix_signature(x, a_axis(n)) if x.ndim == 2
+            sig_a[n] = (ct.matrix_signature(x, a_axis(n)) if x.ndim >= 2
                         else ct.vector_signature(x, hidden is not None and x.shape[0] == hidden))
         a_shapes = {sig_a[n].shape for n in fa}
         # B candidates: (name, rows, transpose) with a signature per residual axis asked for
@@ -425,6 +427,10 @@ class _Builder:
             shape = self.B.infos[n].shape
             if len(shape) == 1:
                 cands.append((n, None, False))
+                continue
+            if len(shape) > 2:  # conv kernels and the like: whole, as stored
+                if tuple(shape) in a_shapes:
+                    cands.append((n, None, False))
                 continue
             whole = [t for t in (False, True) if _canon_shape(shape, t) in a_shapes]
             cands.extend((n, None, t) for t in dict.fromkeys(whole))
@@ -450,7 +456,7 @@ class _Builder:
             return x[rows[0]:rows[1]] if rows is not None else x
 
         sig_b: dict[tuple[int, int], ct.Signature] = {}  # (candidate, residual axis) -> signature
-        axes_needed = {(sig_a[n].shape, a_axis(n)) for n in fa if len(sig_a[n].shape) == 2}
+        axes_needed = {(sig_a[n].shape, a_axis(n)) for n in fa if len(sig_a[n].shape) >= 2}
         for k, (n, rows, t) in enumerate(cands):
             x = read_b(n, rows, t)
             if x.ndim == 1:
@@ -461,7 +467,7 @@ class _Builder:
                     sig_b[(k, ax)] = ct.matrix_signature(x, ax)
         cache.clear()
         # a B tensor that could be whole or fused (a vocabulary-sized gate|up) keeps the better reading
-        mats_a = [n for n in fa if len(sig_a[n].shape) == 2]
+        mats_a = [n for n in fa if len(sig_a[n].shape) >= 2]
 
         def best_score(k: int) -> float:
             return max((ct.score(sig_a[n], sb_) for n in mats_a
@@ -490,9 +496,9 @@ class _Builder:
 
         def sq_mlp(n: str) -> bool:
             r, shape = self.A.role(n), sig_a[n].shape
-            return shape[0] == shape[1] and r is not None and r.kind.startswith("mlp")
+            return len(shape) == 2 and shape[0] == shape[1] and r is not None and r.kind.startswith("mlp")
 
-        mats = [n for n in fa if len(sig_a[n].shape) == 2]
+        mats = [n for n in fa if len(sig_a[n].shape) >= 2]
         # square MLP matrices last: their orientation is the vote of the non-square pairs
         groups = sorted({(sq_mlp(n), sig_a[n].shape) for n in mats})
         for sq, shape in groups:
@@ -500,7 +506,7 @@ class _Builder:
             for _ in range(3):  # again when the two orientations of one square tensor both won
                 la = [n for n in mats if sig_a[n].shape == shape and sq_mlp(n) == sq and n in self.A.free]
                 lb = [k for k in range(len(cands)) if k not in taken and k not in dropped
-                      and len(self.B.infos[cands[k][0]].shape) == 2
+                      and len(self.B.infos[cands[k][0]].shape) >= 2
                       and piece_shape(k) == shape and cands[k][0] not in whole_used]
                 if not la or not lb:
                     break
@@ -524,7 +530,7 @@ class _Builder:
                     taken.add(k)
                     if rows is None:
                         whole_used.add(n_b)
-                    if shape[0] != shape[1]:
+                    if len(shape) == 2 and shape[0] != shape[1]:
                         votes[t != self.A.a_t(a)] += 1
                     made.append((a, k, sc, margin))
                 if not clash:
@@ -533,7 +539,7 @@ class _Builder:
             la_all = [n for n in mats if sig_a[n].shape == shape and sq_mlp(n) == sq]
             for k in range(len(cands)):
                 n_b, rows, t = cands[k]
-                if k in taken or k in dropped or n_b in whole_used or n_b not in b_layer or len(self.B.infos[n_b].shape) != 2 \
+                if k in taken or k in dropped or n_b in whole_used or n_b not in b_layer or len(self.B.infos[n_b].shape) < 2 \
                         or piece_shape(k) != shape or (rows is None and n_b not in self.B.free):
                     continue
                 best = max(((ct.score(sig_a[n], sb_), n) for n in la_all
