@@ -396,6 +396,13 @@ class _Builder:
         fb = [n for n in self.B.free if len(self.B.infos[n].shape) >= 1]
         if not fa or not fb:
             return
+
+        def unknown(side: _Side, n: str) -> bool:
+            r = side.roles.get(n)
+            return r is None or r.kind == "other"
+
+        if not any(unknown(self.A, n) for n in fa) and not any(unknown(self.B, n) for n in fb):
+            return  # the names explain both sides; what is left differs in shape (a pruned model), not in name
         hidden = self._hidden()
         b_layer = ct.first_varying_int(list(self.B.infos))
 
