@@ -17,7 +17,7 @@ from typing import Any, Self
 from modeltrace.errors import FormatError, ResolveError, UnsafeFileError
 from modeltrace.formats import detect_format, open_file
 from modeltrace.formats.base import TensorSource
-from modeltrace.formats.composite import CompositeSource
+from modeltrace.formats.composite import CompositeSource, component_names
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".ckpt")
@@ -90,17 +90,19 @@ class Model:
             if len(self.weight_files) == 1:
                 self._source = open_file(self.weight_files[0])
             else:
-                sources: list[TensorSource] = []
-                prefixes: list[str] = []
-                try:
-                    for wf in self.weight_files:
-                        sources.append(open_file(wf))
-                        prefixes.append(_module_prefix(self.root, wf))
-                    self._source = CompositeSource(self.root, sources, prefixes)
-                except Exception:
-                    for s in sources:
-                        s.close()
-                    raise
+                # shards are opened on demand, a few at a time (thousands of shards, few file handles)
+                rels = [wf.relative_to(self.root).as_posix() for wf in self.weight_files]
+                names = component_names(rels)
+                if _separate_networks(self.root, self.weight_files):
+                    folders = [Path(r).parts[0] for r in rels]
+                    by_folder = all(len(Path(r).parts) > 1 for r in rels) and len(set(folders)) > 1
+                    self._source = CompositeSource(self.root, list(self.weight_files), None,
+                                                   components=folders if by_folder else names)
+                else:  # shards, unless their names collide: then each file is its own network
+                    prefixes = [_module_prefix(self.root, wf) for wf in self.weight_files]
+                    indexed = any((self.root / n).is_file() for n in INDEX_FILES)
+                    self._source = CompositeSource(self.root, list(self.weight_files), prefixes,
+                                                   components=None if indexed else names)
         return self._source
 
     @property
@@ -153,6 +155,19 @@ class Model:
         return self.weight_files[0].name if self.single_file else self.root.name
 
 
+def _separate_networks(root: Path, weight_files: list[Path]) -> bool:
+    """Files that are distinct graphs, not shards: several ONNX files (ONNX never shards across
+    graphs; encoder/decoder exports), or one weight set per sub-folder with none on top and no index
+    (diffusers `unet/`, `vae/`, `text_encoder/`)."""
+    if any((root / n).is_file() for n in INDEX_FILES):
+        return False
+    if len(weight_files) > 1 and all(p.suffix == ".onnx" for p in weight_files):
+        return True
+    parents = [p.parent for p in weight_files]
+    return all(p != root for p in parents) and len({p.parent.relative_to(root).parts[0]
+                                                    for p in weight_files}) > 1 and not (root / "modules.json").is_file()
+
+
 def _module_prefix(root: Path, weight_file: Path) -> str:
     """Weights in sub-module folders (sentence-transformers `2_Dense/`) get the folder as prefix."""
     rel = weight_file.parent.relative_to(root)
@@ -188,8 +203,41 @@ def _choose_weights(root: Path, files: list[Path]) -> list[Path]:
     onnx = [p for p in files if p.suffix == ".onnx"]
     if onnx:
         plain = [p for p in onnx if p.name == "model.onnx"]
-        return [plain[0] if plain else min(onnx)]
-    return _submodule_weights(root, files)
+        if plain:
+            return [plain[0]]
+        # an encoder/decoder export: one graph each, without the quantized or cached variants
+        graphs = [p for p in onnx if not any(v in p.stem for v in ONNX_VARIANTS)]
+        return sorted(graphs) if len(graphs) > 1 and len({p.parent for p in graphs}) == 1 else [min(onnx)]
+    return _submodule_weights(root, files) or _subfolder_networks(root, files)
+
+
+ONNX_VARIANTS = ("quantized", "_fp16", "_int8", "_uint8", "_q4", "_bnb4", "with_past", "merged")
+
+
+def _subfolder_networks(root: Path, files: list[Path]) -> list[Path]:
+    """One weight set per immediate sub-folder (diffusers `unet/`, `vae/`, `text_encoder/`): each sub-folder's
+    own top-level weights, its index honoured, so each becomes a component of the model."""
+    out: list[Path] = []
+    for sub in sorted({p.relative_to(root).parts[0] for p in files if p.parent != root}):
+        folder = root / sub
+        inner = [p for p in files if p.parent == folder]
+        if not folder.is_dir() or not inner:
+            continue
+        for index_name in INDEX_FILES:
+            if (folder / index_name).is_file():
+                data = load_json(folder / index_name)
+                wmap = data.get("weight_map") if isinstance(data, dict) else None
+                if isinstance(wmap, dict):
+                    out.extend(p for rel in dict.fromkeys(wmap.values()) if isinstance(rel, str)
+                               and (p := _inside(folder, rel, folder / index_name)).is_file())
+                break
+        else:
+            for suffixes in ((".safetensors",), (".bin", ".pt", ".pth", ".ckpt"), (".gguf",), (".onnx",)):
+                chosen = [p for p in inner if p.suffix in suffixes and not p.name.startswith("training_args")]
+                if chosen:
+                    out.extend(sorted(chosen))
+                    break
+    return out
 
 
 def _submodule_weights(root: Path, files: list[Path]) -> list[Path]:

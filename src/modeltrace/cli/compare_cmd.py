@@ -117,7 +117,9 @@ def render(result: CompareResult, console: Console) -> None:
 @click.option("--reference", "references", multiple=True, metavar="REF",
               help="A model known to be unrelated to A (folder or endpoint; repeatable): the measured null of "
                    "the behaviour tests.")
-@click.option("--other", metavar="REF", help="A third model B may be a merge of: estimate mixing coefficients.")
+@click.option("--other", "other", multiple=True, metavar="REF",
+              help="A model B may be a merge of (repeatable): one gives mixing coefficients; a base A and "
+                   "several task models give task-arithmetic or TIES coefficients.")
 @click.option("--code", "code", multiple=True, metavar="a=PATH|b=PATH",
               help="Extra modelling code for A or B (repeatable), compared but never run.")
 @click.option("--prompts", type=int, default=200, show_default=True, help="Prompts for the behaviour tests.")
@@ -132,7 +134,7 @@ def render(result: CompareResult, console: Console) -> None:
 @click.pass_context
 def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, threshold: float, seed: int,
             methods: tuple[str, ...], download: bool, hash_files: bool, probes: Path | None, behaviour: bool,
-            references: tuple[str, ...], other: str | None, code: tuple[str, ...], prompts: int,
+            references: tuple[str, ...], other: tuple[str, ...], code: tuple[str, ...], prompts: int,
             chat: bool, top_logprobs: int | None, cache: Path | None, no_controls: bool) -> None:
     """Is model B derived from model A? Weight, artifact and (when asked) behaviour evidence.
 
@@ -150,7 +152,7 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
     if cache is not None:
         options["cache"] = str(cache)
     if other:
-        options["other"] = other
+        options["other"] = other[0] if len(other) == 1 else list(other)
     try:
         opened = []
         for side, ref in (("a", model_a), ("b", model_b)):

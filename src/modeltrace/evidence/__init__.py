@@ -22,6 +22,8 @@ METHODS.register("fixed-tensors", "modeltrace.evidence.fixed_tensors:FixedTensor
 METHODS.register("weight-match", "modeltrace.evidence.weights_match:WeightMatchMethod")
 METHODS.register("weight-identity", "modeltrace.evidence.weights_identity:WeightIdentityMethod")
 METHODS.register("weight-permutation", "modeltrace.evidence.weights_permutation:WeightPermutationMethod")
+METHODS.register("weight-heads", "modeltrace.evidence.weights_heads:WeightHeadsMethod")
+METHODS.register("weight-order", "modeltrace.evidence.weights_order:WeightOrderMethod")
 METHODS.register("config-match", "modeltrace.evidence.artifacts_config:ConfigMatchMethod")
 METHODS.register("tokenizer-match", "modeltrace.evidence.artifacts_tokenizer:TokenizerMatchMethod")
 METHODS.register("code-clone", "modeltrace.evidence.artifacts_code:CodeCloneMethod")
