@@ -48,7 +48,7 @@ def test_copy_with_one_nonfinite_value_per_tensor_is_derived_and_counted(
     with Model.open(str(a)) as ma, Model.open(str(b)) as mb:
         r = compare(ma, mb, methods=["weight-match", "weight-identity", "weight-permutation", "diagnosis"])
     assert r.verdict == "derived"
-    assert all(e.status == "ok" for e in r.evidence)
+    assert all(e.status == "ok" for e in r.evidence), [(e.method, e.statement) for e in r.evidence if e.status != "ok"]
     match = next(e for e in r.evidence if e.method == "weight-match")
     zeroed = match.details["matching"]["nonfinite_zeroed"]
     assert zeroed["a"] == {} and set(zeroed["b"].values()) == {1}

@@ -191,8 +191,8 @@ def classify(rows: np.ndarray, runs: list[np.ndarray], info: TensorInfo) -> str 
     """What kind of closed form the sampled content of `info` is, or None for a learned tensor."""
     tol = _tol(info.dtype)
     flat = rows.reshape(-1)
-    if flat.size == 0 or not np.all(np.isfinite(flat)):
-        return None
+    if flat.size == 0 or not np.all(np.isfinite(flat)) or not all(np.all(np.isfinite(r)) for r in runs):
+        return None  # a closed form is finite everywhere; non-finite values are the weight matching's to count
     if float(flat.min()) == float(flat.max()):
         return "constant"
     vals = np.unique(flat)
