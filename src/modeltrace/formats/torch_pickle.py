@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +31,29 @@ from modeltrace.errors import FormatError, UnsafeFileError
 from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, raw_to_float32, release_map
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
+"""Largest object-tree pickle read (an 8B model's data.pkl is about 50 KB)."""
+MAX_PICKLE_OPS = 10_000_000
+"""Most pickle opcodes executed per pickle: each makes at most one object, so this bounds the objects."""
+MAX_PICKLE_MEMO = 4_000_000
+"""Most memo entries a pickle may hold (C unpicklers size the memo by the largest index a file names)."""
+MAX_PICKLE_ELEMENTS = 4_000_000
+"""Most container elements passed to allow-listed calls and BUILD in one pickle: repeating such a call on
+one shared list would otherwise copy it again and again (a quadratic bomb from a few KB)."""
+MAX_FLATTEN_NODES = 1_000_000
+"""Most containers and tensors visited while naming the tensors of the object tree."""
+MAX_FLATTEN_DEPTH = 32
+"""Containers nested deeper than this in the object tree are not searched for tensors."""
+MAX_NAME_CHARS = 4096
+"""Longest dotted tensor name built from dict keys and list indices."""
+MAX_KEY_INT_BITS = 128
+"""Largest integer dict key turned into a name part (str() of a huge int is quadratic, then refused)."""
+MAX_TENSOR_DIMS = 64
+"""Most dimensions of one tensor (torch allows 64)."""
+MAX_INFLATE_RATIO = 32
+"""A compressed storage may inflate to at most this many times its compressed size (plus 1 MiB): torch
+stores storages uncompressed, and a deflate bomb reaches 1032:1."""
+INFLATE_SLACK_BYTES = 1024 * 1024
+INFLATE_CHUNK_BYTES = 1024 * 1024
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params", "ema", "model_ema",
                 "state_dict_ema")
@@ -102,9 +125,11 @@ class LazyTensor:
 
 
 def _as_ints(value: Any, what: str) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)) and len(value) > MAX_TENSOR_DIMS:
+        raise _PickleShapeError(f"{what} has {len(value)} dimensions, more than {MAX_TENSOR_DIMS}")
     if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                          for v in value):
-        raise _PickleShapeError(f"{what} is not a tuple of integers: {value!r:.80}")
+        raise _PickleShapeError(f"{what} is not a tuple of integers: {_brief(value)}")
     return tuple(int(v) for v in value)
 
 
@@ -116,7 +141,7 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
     if not isinstance(storage, StorageRef):
         raise _PickleShapeError(f"tensor storage is {type(storage).__name__}, not a storage reference")
     if not isinstance(storage_offset, int):
-        raise _PickleShapeError(f"storage offset is not an integer: {storage_offset!r:.80}")
+        raise _PickleShapeError(f"storage offset is not an integer: {_brief(storage_offset)}")
     return LazyTensor(storage, storage.dtype, storage_offset, _as_ints(size, "size"),
                       _as_ints(stride, "stride"))
 
@@ -125,7 +150,7 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
                        backward_hooks: Any, dtype: Any, *_rest: Any) -> LazyTensor:
     t = _rebuild_tensor(storage, storage_offset, size, stride)
     if not isinstance(dtype, DType) or dtype.dtype is None:
-        raise _PickleShapeError(f"unsupported tensor dtype {getattr(dtype, 'name', dtype)!r:.80}")
+        raise _PickleShapeError(f"unsupported tensor dtype {_brief(getattr(dtype, 'name', dtype))}")
     # v3 storages are untyped (bytes); offsets and strides count elements of `dtype`.
     return LazyTensor(t.storage, dtype.dtype, t.offset, t.shape, t.stride)
 
@@ -139,7 +164,15 @@ def _size(*args: Any) -> tuple[int, ...]:
 
 
 def _ordered_dict(*args: Any) -> dict[Any, Any]:
-    return collections.OrderedDict(*args)
+    if not args:
+        return collections.OrderedDict()
+    if len(args) > 1 or not isinstance(args[0], (list, tuple)):
+        raise _PickleShapeError("OrderedDict called with arguments other than a list of pairs")
+    pairs = args[0]
+    if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+        raise _PickleShapeError("OrderedDict called with items that are not pairs")
+    _check_hashable([p[0] for p in pairs], "an OrderedDict key")
+    return collections.OrderedDict(pairs)
 
 
 def _tensor_type(*_args: Any) -> None:
@@ -158,7 +191,7 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
 
 def _numpy_dtype(spec: Any, *_rest: Any) -> np.dtype[Any]:
     if not isinstance(spec, str) or spec.startswith("O") or len(spec) > 8:
-        raise _PickleShapeError(f"numpy dtype {spec!r:.40} not allowed")
+        raise _PickleShapeError(f"numpy dtype {_brief(spec)} not allowed")
     return np.dtype(spec)
 
 
@@ -217,13 +250,140 @@ for _name, _dt in TORCH_DTYPES.items():
     ALLOWED_GLOBALS[("torch", _name)] = DType(_name, _dt)
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only allow-listed globals, to inert stand-ins, and imports nothing."""
+_SCALAR_KEYS = (str, bytes, int, float, bool, type(None), StorageRef, LazyTensor, DType, StorageType)
+
+
+def _check_hashable(items: Any, what: str) -> None:
+    """Refuse dict keys and set items other than scalars and flat tuples of scalars.
+
+    Hashing a tuple nested a few million deep overflows the C stack (SIGSEGV); checkpoints key their
+    dicts by strings and integers.
+    """
+    for item in items:
+        if isinstance(item, _SCALAR_KEYS):
+            continue
+        if isinstance(item, tuple) and all(isinstance(v, _SCALAR_KEYS) for v in item):
+            continue
+        raise _PickleShapeError(f"{what} is a {type(item).__name__}{_nested(item)}, not a string or number")
+
+
+def _nested(item: Any) -> str:
+    return " of containers" if isinstance(item, (tuple, list, dict, frozenset, set)) else ""
+
+
+def _brief(value: Any) -> str:
+    """A short description of a value from a file, safe for deep or huge objects."""
+    if isinstance(value, (str, bytes, bool, float, type(None))):
+        return _show(repr(value)[:80])
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """An unpickler that resolves only allow-listed globals, to inert stand-ins, and imports nothing.
+
+    Built on the pure-Python unpickler, whose memo is a dict (the C one allocates an array as large as
+    the biggest memo index a file names: 6 GB from a few bytes), with every bound above counted as it
+    runs: opcodes, memo entries, elements handed to calls, and the kinds of keys that get hashed.
+    """
+
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, fh: IO[bytes], path: Path, storages: dict[str, StorageRef] | None = None) -> None:
         super().__init__(fh)
         self._path = path
         self.storages: dict[str, StorageRef] = {} if storages is None else storages
+        self._elements = 0
+
+    def load(self) -> Any:
+        """`pickle._Unpickler.load` with an opcode and memo count per step."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
+        self.read = self._unframer.read
+        self.readinto = self._unframer.readinto
+        self.readline = self._unframer.readline
+        self.metastack: list[Any] = []
+        self.stack: list[Any] = []
+        self.append = self.stack.append
+        self.proto = 0
+        read = self.read
+        dispatch = self.dispatch
+        memo: dict[int, Any] = self.memo  # type: ignore[attr-defined]
+        ops = 0
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                ops += 1
+                if ops > MAX_PICKLE_OPS:
+                    raise _PickleShapeError(f"more than {MAX_PICKLE_OPS} pickle operations")
+                dispatch[key[0]](self)
+                if len(memo) > MAX_PICKLE_MEMO:
+                    raise _PickleShapeError(f"more than {MAX_PICKLE_MEMO} memo entries")
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
+            return stop.value
+
+    def _charge(self, *parts: Any) -> None:
+        for part in parts:
+            if isinstance(part, (tuple, list, dict, set, frozenset)):
+                self._elements += len(part)
+        if self._elements > MAX_PICKLE_ELEMENTS:
+            raise _PickleShapeError(f"more than {MAX_PICKLE_ELEMENTS} elements passed to calls")
+
+    def load_reduce(self) -> None:
+        args = self.stack[-1]
+        if isinstance(args, tuple):
+            self._charge(args, *args)
+        super().load_reduce()  # type: ignore[misc]
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ call the class like REDUCE
+        self._charge(args, *args)
+        super()._instantiate(klass, args)  # type: ignore[misc]
+
+    def load_build(self) -> None:
+        inst = self.stack[-2] if len(self.stack) >= 2 else None
+        if type(inst) is not collections.OrderedDict:  # torch sets _metadata on state dicts, nothing else
+            raise _PickleShapeError(f"BUILD on {_brief(inst)}: only OrderedDict state is accepted")
+        state = self.stack[-1]
+        self._charge(state, *(state if isinstance(state, tuple) else ()))
+        super().load_build()  # type: ignore[misc]
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_setitem(self) -> None:
+        _check_hashable(self.stack[-2:-1], "a dict key")
+        super().load_setitem()  # type: ignore[misc]
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self) -> None:
+        _check_hashable(self.stack[::2], "a dict key")
+        super().load_setitems()  # type: ignore[misc]
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_dict(self) -> None:
+        _check_hashable(self.stack[::2], "a dict key")
+        super().load_dict()  # type: ignore[misc]
+
+    dispatch[pickle.DICT[0]] = load_dict
+
+    def load_additems(self) -> None:
+        _check_hashable(self.stack, "a set item")
+        super().load_additems()  # type: ignore[misc]
+
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_frozenset(self) -> None:
+        _check_hashable(self.stack, "a set item")
+        super().load_frozenset()  # type: ignore[misc]
+
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
 
     def find_class(self, module: str, name: str) -> Any:
         target = ALLOWED_GLOBALS.get((module, name))
@@ -239,18 +399,20 @@ class SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
-            raise _PickleShapeError(f"unexpected persistent id {pid!r:.80}")
+            raise _PickleShapeError(f"unexpected persistent id {_brief(pid)}")
         _, stype, key, _location, numel = pid[:5]
         if not isinstance(stype, StorageType):
-            raise _PickleShapeError(f"persistent id names storage type {stype!r:.80}")
+            raise _PickleShapeError(f"persistent id names storage type {_brief(stype)}")
         if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise _PickleShapeError(f"malformed storage reference {pid!r:.80}")
+            raise _PickleShapeError(f"malformed storage reference ({_brief(key)}, {_brief(numel)})")
         if len(pid) > 5 and pid[5] is not None:
             raise _PickleShapeError("storage views (legacy view_metadata) are not supported")
         ref = self.storages.get(key)
         if ref is None:
             ref = StorageRef(key, stype.dtype, numel)
             self.storages[key] = ref
+        elif ref.dtype != stype.dtype or ref.numel != numel:
+            raise _PickleShapeError(f"storage {_show(key)!r} is named twice with different types or sizes")
         return ref
 
 
@@ -278,20 +440,60 @@ def safe_load(fh: IO[bytes], path: Path, storages: dict[str, StorageRef] | None 
 # ---------------------------------------------------------------------------- flattening
 
 
-def _flatten(obj: Any, prefix: str, out: dict[str, LazyTensor], scalars: dict[str, Any],
-             depth: int = 0) -> None:
-    if depth > 32:
-        return
-    if isinstance(obj, LazyTensor):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, scalars, depth + 1)
-    elif isinstance(obj, (list, tuple)) and any(isinstance(v, (LazyTensor, dict, list, tuple)) for v in obj):
-        for i, v in enumerate(obj):
-            _flatten(v, f"{prefix}.{i}" if prefix else str(i), out, scalars, depth + 1)
-    elif (isinstance(obj, (int, float, str, bool)) or obj is None) and prefix and len(scalars) < 256:
-        scalars[prefix] = obj if not isinstance(obj, str) else obj[:200]
+def _key_text(key: Any) -> str:
+    """A dict key as a name part: strings and numbers only, with huge integers refused."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool) or key is None or isinstance(key, float):
+        return str(key)
+    if isinstance(key, int):
+        if key.bit_length() > MAX_KEY_INT_BITS:
+            raise _PickleShapeError(f"a dict key is an integer of {key.bit_length()} bits")
+        return str(key)
+    raise _PickleShapeError(f"a dict key is {_brief(key)}, not a string or number")
+
+
+class _Flattener:
+    """Names every tensor of an object tree by its path of keys and indices.
+
+    Each container is entered once (a dict that holds itself, or a DAG of shared lists, would
+    otherwise be walked along every path: 2^30 paths from 1.2 KB), and the walk stops with an error
+    past `MAX_FLATTEN_NODES` visits or a name longer than `MAX_NAME_CHARS`.
+    """
+
+    def __init__(self, out: dict[str, LazyTensor], scalars: dict[str, Any]) -> None:
+        self.out, self.scalars = out, scalars
+        self.seen: set[int] = set()
+        self.visits = 0
+
+    def walk(self, obj: Any, prefix: str, depth: int = 0) -> None:
+        self.visits += 1
+        if self.visits > MAX_FLATTEN_NODES:
+            raise _PickleShapeError(f"object tree has more than {MAX_FLATTEN_NODES} nodes")
+        if len(prefix) > MAX_NAME_CHARS:
+            raise _PickleShapeError(f"a tensor name is longer than {MAX_NAME_CHARS} characters")
+        if isinstance(obj, LazyTensor):
+            self.out[prefix] = obj
+            return
+        if isinstance(obj, (dict, list, tuple)):
+            if depth > MAX_FLATTEN_DEPTH or id(obj) in self.seen:
+                return
+            self.seen.add(id(obj))
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    part = _key_text(k)
+                    self.walk(v, f"{prefix}.{part}" if prefix else part, depth + 1)
+            elif any(isinstance(v, (LazyTensor, dict, list, tuple)) for v in obj):
+                for i, v in enumerate(obj):
+                    self.walk(v, f"{prefix}.{i}" if prefix else str(i), depth + 1)
+        elif (isinstance(obj, (int, float, str, bool)) or obj is None) and prefix and len(self.scalars) < 256:
+            if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 64:
+                obj = f"<integer of {obj.bit_length()} bits>"
+            self.scalars[prefix] = obj if not isinstance(obj, str) else obj[:200]
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, LazyTensor], scalars: dict[str, Any]) -> None:
+    _Flattener(out, scalars).walk(obj, prefix)
 
 
 def _has_direct_tensors(obj: dict[Any, Any]) -> bool:
@@ -302,7 +504,9 @@ def select_weights(root: Any) -> tuple[Any, list[str]]:
     """The model's weights inside a checkpoint: unwrap `{"state_dict": ...}`-style wrappers (repeatedly)."""
     path: list[str] = []
     node = root
-    while isinstance(node, dict) and not _has_direct_tensors(node):
+    seen: set[int] = set()
+    while isinstance(node, dict) and id(node) not in seen and not _has_direct_tensors(node):
+        seen.add(id(node))  # a wrapper that holds itself would otherwise be unwrapped for ever
         for key in WRAPPER_KEYS:
             if isinstance(node.get(key), dict):
                 path.append(key)
@@ -325,6 +529,8 @@ class TorchReader(TensorSource):
         super().__init__(path)
         self._mm: mmap.mmap | None = None
         self._zip: zipfile.ZipFile | None = None
+        self._inflated_key: str | None = None
+        self._inflated_bytes = np.zeros(0, dtype=np.uint8)
         self._size = os.path.getsize(self.path)
         # storage key -> (absolute byte offset in the file or None when compressed, member name or None)
         self._spans: dict[str, tuple[int | None, str | None]] = {}
@@ -339,18 +545,22 @@ class TorchReader(TensorSource):
         weights, wrappers = select_weights(root)
         tensors: dict[str, LazyTensor] = {}
         scalars: dict[str, Any] = {}
-        if isinstance(weights, LazyTensor):  # torch.save(tensor)
-            tensors["tensor"] = weights
-        else:
-            _flatten(weights, "", tensors, scalars)
-        if wrappers and isinstance(root, dict):  # epoch, step, ... beside the wrapped weights
-            scalars = {}
-            _flatten({k: v for k, v in root.items() if not isinstance(v, (dict, list, tuple))}, "", {}, scalars)
+        try:
+            if isinstance(weights, LazyTensor):  # torch.save(tensor)
+                tensors["tensor"] = weights
+            else:
+                _flatten(weights, "", tensors, scalars)
+            if wrappers and isinstance(root, dict):  # epoch, step, ... beside the wrapped weights
+                scalars = {}
+                _flatten({k: v for k, v in root.items() if not isinstance(v, (dict, list, tuple))}, "", {},
+                         scalars)
+            top_keys = [_key_text(k)[:100] for k in root][:64] if isinstance(root, dict) else []
+        except _PickleShapeError as exc:
+            raise FormatError(self.path, f"pickle is not a tensor checkpoint: {exc}") from exc
         if not tensors and not isinstance(weights, dict):
             raise FormatError(self.path,
                               f"checkpoint holds a {type(weights).__name__}, not a dict of tensors")
         self._tensors = tensors
-        top_keys = [str(k)[:100] for k in root][:64] if isinstance(root, dict) else []
         self._meta: dict[str, Any] = {"container": self._kind, "wrapper": ".".join(wrappers) or None,
                                       "top_level_keys": top_keys, "scalars": scalars}
         self._infos = {name: self._check(name, t) for name, t in tensors.items()}
@@ -361,7 +571,7 @@ class TorchReader(TensorSource):
         try:
             zf = zipfile.ZipFile(self.path)
             members = zf.infolist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
             raise FormatError(self.path, f"not a readable zip archive ({exc}); truncated?") from exc
         self._zip = zf
         pkls = [m for m in members if m.filename == "data.pkl" or m.filename.endswith("/data.pkl")]
@@ -371,15 +581,9 @@ class TorchReader(TensorSource):
         prefix = pkl.filename[: -len("data.pkl")]
         byteorder = prefix + "byteorder"
         names = {m.filename: m for m in members}
-        if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
+        if byteorder in names and self._inflate(names[byteorder], 16, "byteorder").strip() not in (b"little", b""):
             raise FormatError(self.path, "big-endian checkpoints are not supported")
-        if pkl.file_size > MAX_PICKLE_BYTES:
-            raise FormatError(self.path,
-                              f"data.pkl is {pkl.file_size} bytes, over the {MAX_PICKLE_BYTES}-byte cap")
-        try:
-            raw = zf.read(pkl)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib_error()) as exc:
-            raise FormatError(self.path, f"cannot read data.pkl ({exc}); truncated?") from exc
+        raw = self._inflate(pkl, MAX_PICKLE_BYTES, "data.pkl")
         storages: dict[str, StorageRef] = {}
         root = safe_load(io.BytesIO(raw), self.path, storages)
         for key, ref in storages.items():
@@ -391,8 +595,52 @@ class TorchReader(TensorSource):
             if member.file_size < need:
                 raise FormatError(self.path, f"storage {_show(key)!r} holds {member.file_size} bytes but "
                                   f"{need} are needed; truncated?")
+            self._check_member(member, need)
             self._spans[key] = (self._member_offset(member), member.filename)
         return root
+
+    def _check_member(self, member: zipfile.ZipInfo, need: int) -> None:
+        """A storage member's sizes must be possible: inside the file, and inflating no further than deflate can."""
+        shown = _show(member.filename)
+        if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise FormatError(self.path, f"zip member {shown} uses compression method {member.compress_type}; "
+                              "only stored and deflated members are read")
+        if member.header_offset + member.compress_size > self._size:
+            raise FormatError(self.path, f"zip member {shown} runs past the end of the file; truncated?")
+        if member.compress_type == zipfile.ZIP_STORED and member.compress_size != member.file_size:
+            raise FormatError(self.path, f"zip member {shown} is stored uncompressed but declares "
+                              f"{member.file_size} bytes in {member.compress_size}")
+        limit = member.compress_size * MAX_INFLATE_RATIO + INFLATE_SLACK_BYTES
+        if member.compress_type == zipfile.ZIP_DEFLATED and need > limit:
+            raise FormatError(self.path, f"zip member {shown} would inflate {member.compress_size} bytes to "
+                              f"{need}, more than {MAX_INFLATE_RATIO} times its size; refused as a zip bomb")
+
+    def _inflate(self, member: zipfile.ZipInfo, limit: int, what: str) -> bytes:
+        """Exactly the bytes of `member` (at most `limit`), read in chunks: short or long members are errors."""
+        if member.file_size > limit:
+            raise FormatError(self.path, f"{what} is {member.file_size} bytes, over the {limit}-byte cap")
+        if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise FormatError(self.path, f"{what} uses compression method {member.compress_type}; only stored "
+                              "and deflated members are read")
+        assert self._zip is not None
+        parts: list[bytes] = []
+        got = 0
+        try:
+            with self._zip.open(member) as fh:
+                while got <= limit:
+                    chunk = fh.read(min(INFLATE_CHUNK_BYTES, limit + 1 - got))
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib_error()) as exc:
+            raise FormatError(self.path, f"cannot read {what} ({_show(str(exc))}); truncated?") from exc
+        if got > limit:
+            raise FormatError(self.path, f"{what} inflates past the {limit}-byte cap")
+        if got != member.file_size:
+            raise FormatError(self.path, f"{what} inflates to {got} bytes but its zip entry declares "
+                              f"{member.file_size}")
+        return b"".join(parts)
 
     def _member_offset(self, member: zipfile.ZipInfo) -> int | None:
         """Absolute offset of an uncompressed member's bytes, or None when it must be decompressed."""
@@ -453,6 +701,10 @@ class TorchReader(TensorSource):
         return root
 
     def _check(self, name: str, t: LazyTensor) -> TensorInfo:
+        """A view must lie inside its storage, and hold no more elements than the storage backs.
+
+        The second rule keeps a 400-byte file from claiming 10^12 parameters through zero strides.
+        """
         if len(t.shape) != len(t.stride) or any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride):
             raise FormatError(self.path, f"invalid size {t.shape} / stride {t.stride}", tensor=_show(name))
         item = DTYPE_SIZES[t.dtype]
@@ -465,6 +717,9 @@ class TorchReader(TensorSource):
             if t.offset < 0 or last >= storage_items:
                 raise FormatError(self.path, f"view (offset {t.offset}, size {t.shape}, stride {t.stride}) "
                                   f"runs past its storage of {storage_items} elements", tensor=_show(name))
+            if numel > storage_items:
+                raise FormatError(self.path, f"size {t.shape} has {numel} elements but its storage holds "
+                                  f"{storage_items}", tensor=_show(name))
         return TensorInfo(name, t.shape, t.dtype, str(self.path),
                           extra={"storage": t.storage.key, "offset": t.offset, "stride": t.stride})
 
@@ -487,15 +742,22 @@ class TorchReader(TensorSource):
             buf: Any = self._mm
             base = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start)
         else:
-            assert self._zip is not None and member is not None
-            try:
-                with self._zip.open(member) as fh:
-                    data = fh.read(nbytes)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib_error()) as exc:
-                raise FormatError(self.path, f"cannot decompress storage {ref.key!r} ({exc})") from exc
-            base = np.frombuffer(data, dtype=np.uint8)
+            base = self._inflated(ref, member, nbytes)
         usable = nbytes - nbytes % npdt.itemsize
         return base[:usable].view(npdt)
+
+    def _inflated(self, ref: StorageRef, member: str | None, nbytes: int) -> np.ndarray:
+        """A compressed storage's first `nbytes`, inflated once and kept until another storage is asked for
+        (row reads of one tensor then cost their rows, not a decompression each)."""
+        if self._inflated_key != ref.key:
+            assert self._zip is not None and member is not None
+            info = self._zip.getinfo(member)
+            data = self._inflate(info, info.file_size, f"storage {_show(ref.key)!r}")
+            if len(data) < nbytes:  # _check_member saw the declared size; this is what it held
+                raise FormatError(self.path, f"storage {_show(ref.key)!r} inflates to {len(data)} bytes but "
+                                  f"{nbytes} are needed")
+            self._inflated_key, self._inflated_bytes = ref.key, np.frombuffer(data, dtype=np.uint8)
+        return self._inflated_bytes[:nbytes]
 
     def _view(self, name: str) -> tuple[np.ndarray, str]:
         if name not in self._tensors:
@@ -503,8 +765,13 @@ class TorchReader(TensorSource):
         t = self._tensors[name]
         store = self._storage_array(t.storage, t.dtype)
         item = store.dtype.itemsize
-        if not any(d == 0 for d in t.shape):
-            store = store[t.offset:]
+        if any(d == 0 for d in t.shape):
+            return np.zeros(t.shape, dtype=store.dtype), t.dtype
+        last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride))
+        if t.offset < 0 or last >= store.size:  # as_strided past the buffer would read memory we do not own
+            raise FormatError(self.path, f"view (offset {t.offset}, size {t.shape}, stride {t.stride}) runs "
+                              f"past the {store.size} elements its storage holds", tensor=_show(name))
+        store = store[t.offset:]
         strides = tuple(s * item for s in t.stride)
         view = np.lib.stride_tricks.as_strided(store, shape=t.shape, strides=strides, writeable=False)
         return view, t.dtype
@@ -525,6 +792,7 @@ class TorchReader(TensorSource):
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+        self._inflated_key, self._inflated_bytes = None, np.zeros(0, dtype=np.uint8)
 
 
 def _to_float32(view: np.ndarray, dtype: str) -> np.ndarray:
