@@ -243,6 +243,45 @@ BAD: list[tuple[str, object, str]] = [
      " [tensor a]: shape [3] of F32 needs 12 bytes but data_offsets span 8"),
     ("overlapping", lambda p: raw_safetensors(p, {"a": _entry(offs=[0, 8]), "b": _entry(offs=[4, 12])}, b"\0" * 12),
      " [tensor b]: tensors 'a' and 'b' overlap in the data buffer"),
+    # what the safetensors library refuses too (or, for duplicate keys, should)
+    ("duplicate_key", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+                                                 b'"a": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}}',
+                                                 b"\0" * 8),
+     ": header is not valid: key 'a' appears twice in one object"),
+    ("duplicate_field", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "dtype": "F16", "shape": [2], '
+                                                   b'"data_offsets": [0, 8]}}', b"\0" * 8),
+     ": header is not valid: key 'dtype' appears twice in one object"),
+    ("boolean_shape", lambda p: raw_safetensors(p, {"a": _entry(shape=[True, 2])}, b"\0" * 8),
+     " [tensor a]: invalid shape [True, 2]"),
+    ("float_shape", lambda p: raw_safetensors(p, {"a": _entry(shape=[2.0])}, b"\0" * 8),  # type: ignore[list-item]
+     " [tensor a]: invalid shape [2.0]"),
+    ("boolean_offsets", lambda p: raw_safetensors(p, {"a": _entry(shape=[0], offs=[False, False])}, b""),
+     " [tensor a]: invalid data_offsets [False, False]"),
+    ("shape_past_u64", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [18446744073709551616, 0], '
+                                                  b'"data_offsets": [0, 0]}}', b""),
+     " [tensor a]: invalid shape [18446744073709551616, 0]"),
+    ("overlong_integer", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], '
+                                                    b'"data_offsets": [0, 0]}}', b""),
+     " [tensor a]: invalid shape [inf]"),
+    ("overlap_behind_zero_size_tensor", lambda p: raw_safetensors(
+        p, {"a": _entry(shape=[4], offs=[0, 16]), "z": _entry(shape=[0], offs=[4, 4]),
+            "b": _entry(shape=[2], offs=[4, 12])}, b"\0" * 16),
+     " [tensor z]: tensors 'a' and 'z' overlap in the data buffer"),
+    ("gap", lambda p: raw_safetensors(p, {"a": _entry(offs=[0, 8]), "b": _entry(offs=[12, 20])}, b"\0" * 20),
+     " [tensor b]: data_offsets leave bytes [8, 12) before it unused"),
+    ("trailing_bytes", lambda p: raw_safetensors(p, {"a": _entry()}, b"\0" * 12),
+     ": the data buffer holds 4 bytes after the last tensor"),
+    ("metadata_not_an_object", lambda p: raw_safetensors(p, {"__metadata__": [1], "a": _entry()}, b"\0" * 8),
+     ": __metadata__ is not an object of strings"),
+    ("metadata_not_strings", lambda p: raw_safetensors(p, {"__metadata__": {"k": {"x": 1}}, "a": _entry()},
+                                                       b"\0" * 8),
+     ": __metadata__ is not an object of strings"),
+    ("nested_past_serde_limit", lambda p: raw_safetensors(
+        p, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": ' + b"[" * 200 + b"]" * 200 + b"}}",
+        b"\0" * 8),
+     ": header nests deeper than 128 levels"),
+    ("nested_past_python_limit", lambda p: raw_safetensors(p, b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+     ": header nests deeper than 128 levels"),
 ]
 
 
@@ -291,3 +330,23 @@ def test_chosen_by_content_not_extension(tmp_path: Path) -> None:
     q.write_text(json.dumps({"not": "weights"}))
     with pytest.raises(FormatError, match="not a known weight format"):
         open_file(q)
+
+
+# Cases the safetensors library itself accepts: a duplicate key (it keeps the last entry silently, so two
+# readers can see two different tensors under one name).
+LIBRARY_ACCEPTS = {"duplicate_key"}
+
+
+@pytest.mark.parametrize("case, build, message", BAD, ids=[b[0] for b in BAD])
+def test_the_safetensors_library_refuses_the_same_files(tmp_path: Path, case: str, build: object,
+                                                        message: str) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    p = tmp_path / f"{case}.safetensors"
+    build(p)  # type: ignore[operator]
+    if case in LIBRARY_ACCEPTS:
+        with safe_open(p, framework="np"):
+            pass
+        return
+    with pytest.raises((SafetensorError, OSError)), safe_open(p, framework="np"):
+        pass
