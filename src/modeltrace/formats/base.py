@@ -19,6 +19,10 @@ import numpy as np
 
 from modeltrace.errors import FormatError
 
+MAX_NAME_CHARS = 4096
+"""Longest tensor name any reader accepts (real names are under 200 characters; a name of a few MB makes
+every later step that matches names slow)."""
+
 
 @dataclass(frozen=True)
 class TensorInfo:

@@ -9,6 +9,7 @@ first); tensors are dequantized to float32 one at a time with `gguf.quants.dequa
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -19,16 +20,37 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import TensorInfo, TensorSource, release_map
+from modeltrace.formats.base import MAX_NAME_CHARS, TensorInfo, TensorSource, release_map
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 8
+"""Most dimensions of a tensor (GGML_MAX_DIMS is 4; a little room for other writers)."""
 MAX_ARRAY_DEPTH = 4
+"""Arrays of arrays nested deeper than this are refused."""
+MAX_KEY_BYTES = 65_535
+"""Longest metadata key."""
 ARRAY_SUMMARY_CAP = 64  # arrays longer than this are summarized by metadata()
 ARRAY_HEAD = 8
 DEFAULT_ALIGNMENT = 32
 READ_CHUNK_ELEMENTS = 1 << 22  # elements dequantized at a time by read()
+
+_INTEGER_TYPES = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+_NUMBER_TYPES = _INTEGER_TYPES | {6, 12}
+# Keys whose value type the GGUF specification fixes, and which later steps rely on: key -> (value type
+# set, array item type set or None). A file that stores, say, strings as token types is refused here.
+_KEY_TYPES: dict[str, tuple[frozenset[int], frozenset[int] | None]] = {
+    "general.architecture": (frozenset({8}), None),
+    "general.alignment": (frozenset({4}), None),
+    "tokenizer.ggml.model": (frozenset({8}), None),
+    "tokenizer.ggml.pre": (frozenset({8}), None),
+    "tokenizer.ggml.tokens": (frozenset({9}), frozenset({8})),
+    "tokenizer.ggml.merges": (frozenset({9}), frozenset({8})),
+    "tokenizer.ggml.token_type": (frozenset({9}), _INTEGER_TYPES),
+    "tokenizer.ggml.scores": (frozenset({9}), _NUMBER_TYPES),
+    "tokenizer.chat_template": (frozenset({8}), None),
+}
+_TOKEN_ID_SUFFIX = "_token_id"
 
 # GGUF value type -> fixed byte size (strings and arrays are variable).
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -176,9 +198,13 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
     alignment = DEFAULT_ALIGNMENT
     kvs: dict[str, KeyValue] = {}
     for i in range(kv_count):
-        key = w.string(f"key {i}").decode("utf-8", "replace")
+        raw_key = w.string(f"key {i}")
+        if len(raw_key) > MAX_KEY_BYTES:
+            raise FormatError(path, f"key {i} is {len(raw_key)} bytes long, over the {MAX_KEY_BYTES}-byte cap")
+        key = raw_key.decode("utf-8", "replace")
         vtype = w.unpack("I", f"type of key {_show(key)}")
         pos = w.pos
+        _check_key_type(path, key, vtype, buf, pos, size)
         value = w.value(vtype, f"value of key {_show(key)}", decode=vtype != _ARRAY)
         if key in kvs:
             raise FormatError(path, f"key {_show(key)} appears twice")
@@ -189,7 +215,11 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
             alignment = value
     entries: list[tuple[str, tuple[int, ...], int, int, int]] = []
     for i in range(tensor_count):
-        name = w.string(f"tensor info {i} name").decode("utf-8", "replace")
+        raw_name = w.string(f"tensor info {i} name")
+        if len(raw_name) > MAX_NAME_CHARS:
+            raise FormatError(path, f"tensor info {i} has a name of {len(raw_name)} bytes, over the "
+                              f"{MAX_NAME_CHARS}-byte cap")
+        name = raw_name.decode("utf-8", "replace")
         shown = _show(name)
         ndims = w.unpack("I", f"tensor {shown} dimension count")
         if ndims > MAX_DIMS:
@@ -213,13 +243,41 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
     data_start = w.pos + (-w.pos) % alignment
     tensors: dict[str, TensorEntry] = {}
     for name, dims, qtype, offset, nbytes in entries:
+        if offset % alignment:
+            raise FormatError(path, f"tensor data offset {offset} is not a multiple of the alignment "
+                              f"({alignment})", tensor=_show(name))
         if data_start + offset + nbytes > size:
             raise FormatError(path, f"tensor data [{offset}, {offset + nbytes}) runs past the end of the "
                               f"data ({max(0, size - data_start)} bytes); truncated?", tensor=_show(name))
         if name in tensors:
             raise FormatError(path, "tensor name appears twice", tensor=_show(name))
         tensors[name] = TensorEntry(name, dims, qtype, data_start + offset, nbytes)
+    # Tensors may not share bytes: each byte of data backs one tensor (an overlap would let one stored
+    # tensor count twice, or two readers see different weights).
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
+    for (_s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
+        if s1 < e0:
+            raise FormatError(path, f"tensors {_show(n0)!r} and {_show(n1)!r} overlap in the data",
+                              tensor=_show(n1))
     return HeaderScan(version, tensor_count, kv_count, alignment, data_start, kvs, tensors)
+
+
+def _check_key_type(path: Path, key: str, vtype: int, buf: Any, pos: int, size: int) -> None:
+    """Keys whose type the specification fixes must have it (token types as numbers, tokens as strings)."""
+    want = _KEY_TYPES.get(key)
+    if want is None and key.startswith("tokenizer.ggml.") and key.endswith(_TOKEN_ID_SUFFIX):
+        want = (_INTEGER_TYPES, None)
+    if want is None:
+        return
+    types, items = want
+    if vtype not in types:
+        raise FormatError(path, f"key {_show(key)} has type {_TYPE_NAMES.get(vtype, vtype)}, not "
+                          f"{' or '.join(sorted(_TYPE_NAMES[t] for t in types))}")
+    if items is not None and pos + 4 <= size:
+        (itype,) = struct.unpack_from("<I", buf, pos)
+        if itype not in items:
+            raise FormatError(path, f"key {_show(key)} is an array of {_TYPE_NAMES.get(itype, itype)}, not of "
+                              f"{' or '.join(sorted(_TYPE_NAMES[t] for t in items))}")
 
 
 def _show(raw: bytes | str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from modeltrace.errors import FormatError
 from modeltrace.formats.base import (
     DTYPE_SIZES,
+    MAX_NAME_CHARS,
     TensorInfo,
     TensorSource,
     float32_destination,
@@ -133,6 +134,9 @@ class SafetensorsReader(TensorSource):
         infos: dict[str, TensorInfo] = {}
         spans: list[tuple[int, int, str]] = []
         for name, entry in header.items():
+            if len(name) > MAX_NAME_CHARS:
+                raise FormatError(path, f"a tensor name is {len(name)} characters long, over the "
+                                  f"{MAX_NAME_CHARS}-character cap")
             if not isinstance(entry, dict):
                 raise FormatError(path, "header entry is not an object", tensor=name)
             dtype = entry.get("dtype")

@@ -28,7 +28,14 @@ from typing import IO, Any, ClassVar
 import numpy as np
 
 from modeltrace.errors import FormatError, UnsafeFileError
-from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, raw_to_float32, release_map
+from modeltrace.formats.base import (
+    DTYPE_SIZES,
+    MAX_NAME_CHARS,
+    TensorInfo,
+    TensorSource,
+    raw_to_float32,
+    release_map,
+)
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
 """Largest object-tree pickle read (an 8B model's data.pkl is about 50 KB)."""
@@ -43,8 +50,6 @@ MAX_FLATTEN_NODES = 1_000_000
 """Most containers and tensors visited while naming the tensors of the object tree."""
 MAX_FLATTEN_DEPTH = 32
 """Containers nested deeper than this in the object tree are not searched for tensors."""
-MAX_NAME_CHARS = 4096
-"""Longest dotted tensor name built from dict keys and list indices."""
 MAX_KEY_INT_BITS = 128
 """Largest integer dict key turned into a name part (str() of a huge int is quadratic, then refused)."""
 MAX_TENSOR_DIMS = 64
