@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -481,6 +482,57 @@ def test_raw_data_of_the_wrong_size_is_a_format_error(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as exc:
         ONNXReader(path)
     assert str(exc.value) == f"{path} [tensor w]: F32 shape [4] needs 16 bytes but raw_data holds 10"
+
+
+def test_a_100_byte_file_cannot_claim_a_trillion_parameters(tmp_path: Path) -> None:
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[10**6, 10**6])  # a shape, and no data at all
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", ["w"], ["y"])], [t], "y", [1])
+    assert path.stat().st_size < 120
+    with pytest.raises(FormatError) as exc:
+        ONNXReader(path)
+    assert str(exc.value) == (f"{path} [tensor w]: F32 shape [1000000, 1000000] needs 1000000000000 values but "
+                              "the tensor holds 0 in float_data")
+
+
+@pytest.mark.parametrize(("code", "values", "field", "need"), [
+    (TensorProto.INT64, [1, 2, 3], "int64_data", 4), (TensorProto.FLOAT16, [1], "int32_data", 4),
+    (TensorProto.DOUBLE, [1.0] * 5, "double_data", 4), (TensorProto.COMPLEX64, [1.0] * 4, "float_data", 8),
+])
+def test_typed_fields_must_hold_what_the_shape_needs(tmp_path: Path, code: int, values: list[float], field: str,
+                                                     need: int) -> None:
+    t = TensorProto(name="w", data_type=code, dims=[2, 2])
+    getattr(t, field).extend(values)
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", ["w"], ["y"])], [t], "y", [1])
+    with pytest.raises(FormatError) as exc:
+        ONNXReader(path)
+    assert str(exc.value).endswith(f"needs {need} values but the tensor holds {len(values)} in {field}")
+
+
+def test_overlong_tensor_name_is_refused(tmp_path: Path) -> None:
+    name = "model." * 1000 + "w"
+    t = numpy_helper.from_array(np.zeros(4, np.float32), name)
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", [name], ["y"])], [t], "y", [4])
+    with pytest.raises(FormatError) as exc:
+        ONNXReader(path)
+    assert str(exc.value) == f"{path}: a tensor name is 6001 characters long, over the 4096-character cap"
+
+
+def test_reader_keeps_no_second_copy_of_inline_data(tmp_path: Path) -> None:
+    import gc
+
+    w = {"emb.weight": np.ones((2048, 1024), np.float32)}  # 8 MB inline
+    path = write_onnx(tmp_path / "m.onnx", w)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        reader = ONNXReader(path)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    with reader:
+        np.testing.assert_array_equal(reader.read_rows("emb.weight", 5, 6), np.ones((1, 1024)))
+    assert held < 1.5 * 8 * 1024 * 1024  # the bytes once, not the protobuf tree beside them
 
 
 def test_corrupted_bytes_give_format_errors_or_values_never_crashes(tmp_path: Path) -> None:

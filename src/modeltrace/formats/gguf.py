@@ -411,8 +411,21 @@ class GGUFReader(TensorSource):
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         info = self.info(name)
-        if len(info.shape) < 2:
-            return np.ascontiguousarray(self.read(name)[start:stop])
+        if not info.shape:
+            return self.read(name)
+        if len(info.shape) == 1:  # elements of a vector: dequantize only the blocks that hold them
+            from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+            t = self.scan.tensors[name]
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(t.qtype)]
+            n = info.shape[0]
+            stop = min(n, max(0, stop))
+            start = min(max(0, start), stop)
+            b0, b1 = start // block, -(-stop // block)
+            raw = np.frombuffer(self._map(), dtype=np.uint8, count=(b1 - b0) * type_size,
+                                offset=t.offset + b0 * type_size)
+            values = self._dequantize(name, raw, t.qtype, ((b1 - b0) * block,))
+            return np.ascontiguousarray(values[start - b0 * block: stop - b0 * block])
         raw, qtype = self._raw(name, start, stop)
         return self._dequantize(name, raw, qtype, (raw.shape[0],) + info.shape[1:])
 

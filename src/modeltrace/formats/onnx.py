@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError, UnsafeFileError
-from modeltrace.formats.base import DTYPE_SIZES, TensorInfo, TensorSource, raw_to_float32
+from modeltrace.formats.base import DTYPE_SIZES, MAX_NAME_CHARS, TensorInfo, TensorSource, raw_to_float32
 from modeltrace.textsafe import escape
 
 # TensorProto.DataType codes -> our storage dtype names (safetensors spelling where one exists).
@@ -45,6 +45,16 @@ _FLOAT_CODES = {1, 10, 11, 16}
 _QUANT_CODES = {2: "UINT8", 3: "INT8"}
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 _STRING = 8
+MAX_DIMS = 64
+"""Most dimensions of one tensor."""
+# TensorProto data type -> (typed field holding its values, values per element: 1, 2 for complex, 0 for
+# two 4-bit elements per value)
+_TYPED_FIELDS: dict[int, tuple[str, int]] = {
+    1: ("float_data", 1), 14: ("float_data", 2), 11: ("double_data", 1), 15: ("double_data", 2),
+    7: ("int64_data", 1), 12: ("uint64_data", 1), 13: ("uint64_data", 1),
+    **{code: ("int32_data", 1) for code in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20)},
+    21: ("int32_data", 0), 22: ("int32_data", 0),
+}
 
 _ANONYMOUS = re.compile(r"[A-Za-z_]*_?\d+")
 
@@ -157,8 +167,8 @@ class _Stored:
     name: str
     code: int  # TensorProto data type
     dims: tuple[int, ...]
-    proto: Any = None  # onnx.TensorProto holding the data, when it is in the model file
-    array: np.ndarray | None = None  # Constant attributes given as plain numbers
+    inline: bytes | None = None  # raw_data held in the model file, taken from the proto once at open
+    array: np.ndarray | None = None  # typed proto fields and Constant attributes, decoded at open (read-only)
     external: tuple[Path, int, int] | None = None  # (file, offset, length)
     graph: str = ""  # "" for the main graph, else the subgraph's name
     constant: bool = False  # from a Constant node rather than an initializer
@@ -264,6 +274,20 @@ def _expected_bytes(code: int, numel: int) -> int | None:
     return None
 
 
+_NP_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "U64": "<u8", "I32": "<i4", "U32": "<u4",
+              "I16": "<i2", "U16": "<u2", "I8": "i1", "U8": "u1", "BOOL": "?", "BF16": "<u2", "F8_E4M3": "u1",
+              "F8_E5M2": "u1"}
+
+
+def _cut(a: np.ndarray, axis: int, start: int | None, stop: int | None, full: tuple[int, ...]) -> np.ndarray:
+    """`a[start:stop]` along `axis` of a tensor of shape `full`; an `a` that broadcasts along it is kept."""
+    if start is None or a.ndim != len(full) or a.shape[axis] != full[axis]:
+        return a
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(start, stop)
+    return a[tuple(index)]
+
+
 class ONNXReader(TensorSource):
     """One .onnx file (plus its external data files), as named float32 tensors.
 
@@ -278,12 +302,14 @@ class ONNXReader(TensorSource):
         self.raw_view = raw
         self._maps: dict[Path, mmap.mmap] = {}
         self._warnings: list[str] = []
-        self._model = self._load()
+        model = self._load()
         self._folder = self.path.resolve().parent
         self._stored: dict[str, _Stored] = {}
         self._graph_names: dict[str, str] = {}
         self._nodes: list[_Node] = []
-        self._collect(self._model.graph, top=True)
+        self._collect(model.graph, top=True)
+        self._model_meta = self._describe(model)
+        del model  # every tensor's bytes are ours now: the protobuf tree (a second copy) can go
         if raw:
             self._logical = {s.name: _Logical(s.name, s.name, s) for s in self._stored.values()}
         else:
@@ -352,19 +378,58 @@ class ONNXReader(TensorSource):
             self._graph_names.setdefault(graph_name, st.name)
 
     def _stored_from_proto(self, t: Any, name: str, gname: str) -> _Stored:
+        """One tensor, its bytes taken now: a reference into external data, raw_data copied out of the
+        proto once (protobuf copies a bytes field on every access: 47 MB per row read of a MiniLM
+        embedding), or typed fields decoded and checked against the shape."""
+        if len(name) > MAX_NAME_CHARS:
+            raise FormatError(self.path, f"a tensor name is {len(name)} characters long, over the "
+                              f"{MAX_NAME_CHARS}-character cap")
+        if len(t.dims) > MAX_DIMS:
+            raise FormatError(self.path, f"{len(t.dims)} dimensions, more than {MAX_DIMS}", tensor=name)
         dims = tuple(int(d) for d in t.dims)
         if any(d < 0 for d in dims):
             raise FormatError(self.path, f"negative dimension in shape {list(dims)}", tensor=name)
-        st = _Stored(name, int(t.data_type), dims, proto=t, graph=gname)
+        st = _Stored(name, int(t.data_type), dims, graph=gname)
         if t.data_location == _EXTERNAL:
             st.external = self._external(t, st)
-            st.proto = None
         elif t.HasField("raw_data"):
+            raw = t.raw_data
             need = _expected_bytes(st.code, st.numel)
-            if need is not None and len(t.raw_data) != need:
+            if need is not None and len(raw) != need:
                 raise FormatError(self.path, f"{st.dtype} shape {list(dims)} needs {need} bytes "
-                                  f"but raw_data holds {len(t.raw_data)}", tensor=name)
+                                  f"but raw_data holds {len(raw)}", tensor=name)
+            if st.dtype in _NP_DTYPES:
+                st.inline = raw
+            else:  # 4-bit, complex and fnuz types: onnx decodes them
+                st.array = self._decode(t, st)
+        else:
+            st.array = self._typed(t, st)
         return st
+
+    def _typed(self, t: Any, st: _Stored) -> np.ndarray:
+        """Values held in a TensorProto's typed fields, which must number what the shape needs."""
+        field, per = _TYPED_FIELDS.get(st.code, (None, 1))
+        if field is not None:
+            got = len(getattr(t, field))
+            need = st.numel * 2 if per == 2 else (st.numel + 1) // 2 if per == 0 else st.numel
+            if got != need:
+                raise FormatError(self.path, f"{st.dtype} shape {list(st.dims)} needs {need} values but the "
+                                  f"tensor holds {got} in {field}", tensor=st.name)
+        return self._decode(t, st)
+
+    def _decode(self, t: Any, st: _Stored) -> np.ndarray:
+        from onnx import numpy_helper
+
+        try:
+            arr = numpy_helper.to_array(t)
+        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise FormatError(self.path, f"cannot decode {st.dtype} tensor data ({escape(exc, 200)})",
+                              tensor=st.name) from exc
+        if arr.shape != st.dims:
+            raise FormatError(self.path, f"tensor data has shape {list(arr.shape)}, not {list(st.dims)}",
+                              tensor=st.name)
+        arr.flags.writeable = False
+        return arr
 
     def _stored_from_constant(self, node: Any, name: str, gname: str) -> _Stored | None:
         from onnx import AttributeProto
@@ -384,6 +449,7 @@ class ONNXReader(TensorSource):
                      "value_ints": list(attr.ints)}[aname]
             code = 1 if aname.startswith("value_float") else 7
             arr = np.asarray(value, dtype=np.float32 if code == 1 else np.int64)
+            arr.flags.writeable = False
             return _Stored(name, code, tuple(arr.shape), array=arr, graph=gname)
         return None  # string and sparse constants carry no weights
 
@@ -704,7 +770,7 @@ class ONNXReader(TensorSource):
         return self._logical[name]
 
     def _bytes(self, st: _Stored) -> memoryview | bytes | None:
-        """The stored little-endian bytes of a tensor, or None when it uses typed proto fields."""
+        """The stored little-endian bytes of a tensor (a view, never a copy), or None for decoded arrays."""
         if st.external is not None:
             target, offset, length = st.external
             if length == 0:
@@ -722,53 +788,45 @@ class ONNXReader(TensorSource):
                 raise FormatError(self.path, f"external data {escape(target, 200)} shrank below offset "
                                   f"{offset} + length {length}", tensor=st.name)
             return memoryview(mm)[offset: offset + length]
-        if st.proto is not None and st.proto.HasField("raw_data"):
-            return st.proto.raw_data  # type: ignore[no-any-return]
-        return None
+        return st.inline
 
     def _native(self, st: _Stored) -> np.ndarray:
-        """The stored values in their own numpy dtype (float32 for bf16/fp8), shaped as stored."""
+        """The stored values as a read-only array shaped as stored, without copying them.
+
+        bf16 and fp8 come back as their raw unsigned integers: `_to_float` converts a slice of them, so
+        a row read converts its rows only.
+        """
         if st.array is not None:
-            return st.array.copy()
+            arr = st.array
+            if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16" and not arr.dtype.name.startswith(
+                    ("float8", "float4", "int4", "uint4")):
+                raise FormatError(self.path, f"ONNX dtype {st.dtype} has no float value", tensor=st.name)
+            return arr
         buf = self._bytes(st)
         dtype = st.dtype
-        if buf is not None:
-            raw = np.frombuffer(buf, dtype=np.uint8)
-            if dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
-                return raw_to_float32(raw, dtype).reshape(st.dims)
-            if dtype in DTYPE_SIZES:
-                np_dtype = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "U64": "<u8",
-                            "I32": "<i4", "U32": "<u4", "I16": "<i2", "U16": "<u2", "I8": "i1",
-                            "U8": "u1", "BOOL": "?"}[dtype]
-                return raw.view(np_dtype).reshape(st.dims)
-            if st.external is not None:
-                raise FormatError(self.path, f"cannot read ONNX dtype {dtype} from external data as float",
-                                  tensor=st.name)
-        from onnx import numpy_helper
+        if buf is None or dtype not in _NP_DTYPES:
+            raise FormatError(self.path, f"cannot read ONNX dtype {dtype} as float", tensor=st.name)
+        return np.frombuffer(buf, dtype=_NP_DTYPES[dtype]).reshape(st.dims)
 
-        try:
-            arr = numpy_helper.to_array(st.proto)
-        except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-            raise FormatError(self.path, f"cannot decode {dtype} tensor data ({escape(exc, 200)})",
-                              tensor=st.name) from exc
-        if arr.dtype.kind not in "biuf" and arr.dtype.name not in ("bfloat16",) and not arr.dtype.name.startswith(
-                ("float8", "float4", "int4", "uint4")):
-            raise FormatError(self.path, f"ONNX dtype {dtype} has no float value", tensor=st.name)
-        if arr.shape != st.dims:
-            raise FormatError(self.path, f"tensor data has shape {list(arr.shape)}, not {list(st.dims)}",
-                              tensor=st.name)
-        return arr
+    @staticmethod
+    def _to_float(st: _Stored, part: np.ndarray) -> np.ndarray:
+        """A slice of `_native(st)` as float32 (a new array only when the dtype differs)."""
+        if st.array is None and st.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+            flat = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+            return raw_to_float32(flat, st.dtype).reshape(part.shape)
+        return part if part.dtype == np.float32 else part.astype(np.float32)
 
-    def _float(self, st: _Stored) -> np.ndarray:
-        arr = self._native(st)
-        return arr if arr.dtype == np.float32 else arr.astype(np.float32)
+    def _float(self, st: _Stored, axis: int = 0, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        return self._to_float(st, _cut(self._native(st), axis, start, stop, st.dims))
 
     def _broadcastable(self, lg: _Logical, part: _Stored) -> np.ndarray:
-        """Scale or zero point as an array that broadcasts against the stored quantized tensor."""
+        """Scale or zero point as an array of the quantized tensor's rank that broadcasts against it."""
         arr = self._float(part)
         q_dims = lg.stored.dims
-        if lg.axis is None or part.numel == 1 and len(part.dims) <= 1:
-            return arr.reshape(()) if part.numel == 1 and len(part.dims) <= 1 else arr
+        if part.numel == 1 and len(part.dims) <= 1:
+            return arr.reshape((1,) * len(q_dims))
+        if lg.axis is None:  # numpy broadcasting: align trailing dimensions
+            return arr.reshape((1,) * (len(q_dims) - arr.ndim) + arr.shape) if arr.ndim < len(q_dims) else arr
         if lg.block_size:
             arr = np.repeat(arr, lg.block_size, axis=lg.axis)
             return np.take(arr, np.arange(q_dims[lg.axis]), axis=lg.axis)
@@ -776,22 +834,16 @@ class ONNXReader(TensorSource):
         shape[lg.axis] = q_dims[lg.axis]
         return arr.reshape(shape)
 
-    def _dequantize(self, lg: _Logical, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        q = self._native(lg.stored)
-        rows = q.shape[0] if q.ndim else 0
-
-        def cut(a: np.ndarray) -> np.ndarray:
-            if start is None or a.ndim < q.ndim or a.shape[0] != rows:
-                return a
-            return a[start:stop]
-
-        if start is not None and q.ndim:
-            q = q[start:stop]
+    def _dequantize(self, lg: _Logical, axis: int = 0, start: int | None = None,
+                    stop: int | None = None) -> np.ndarray:
+        """(q - zero_point) * scale over the stored slice [start:stop) of `axis` (everything by default)."""
+        q_dims = lg.stored.dims
+        q = _cut(self._native(lg.stored), axis, start, stop, q_dims)
         assert lg.scale is not None
-        scale = cut(self._broadcastable(lg, lg.scale))
+        scale = _cut(self._broadcastable(lg, lg.scale), axis, start, stop, q_dims)
         out = q.astype(np.float32)
         if lg.zero_point is not None:
-            out -= cut(self._broadcastable(lg, lg.zero_point))
+            out -= _cut(self._broadcastable(lg, lg.zero_point), axis, start, stop, q_dims)
         out *= scale
         return out
 
@@ -806,22 +858,31 @@ class ONNXReader(TensorSource):
         return arr
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows of the logical tensor, taken from the stored bytes by offset: the cost is the rows'.
+
+        A transposed MatMul weight (stored in x out) gives its rows from a column slice of the stored one.
+        """
         lg = self._logical_of(name)
-        if not lg.stored.dims:
+        dims = lg.stored.dims
+        if not dims:
             return self.read(name)
-        if lg.transposed:
-            return np.ascontiguousarray(self.read(name)[start:stop])
-        rows = lg.stored.dims[0]
-        start, stop = max(0, start), min(rows, max(start, stop))
+        axis = 1 if lg.transposed else 0
+        rows = dims[axis]
+        stop = min(rows, max(0, stop))
+        start = min(max(0, start), stop)
         with np.errstate(over="ignore", invalid="ignore"):
             if lg.scale is not None:
-                return self._dequantize(lg, start, stop)
-            return np.array(self._native(lg.stored)[start:stop], dtype=np.float32, order="C")
+                arr = self._dequantize(lg, axis, start, stop)
+            else:
+                arr = self._float(lg.stored, axis, start, stop)
+        if lg.transposed:
+            arr = arr.T
+        return np.array(arr, dtype=np.float32, order="C")
 
-    def metadata(self) -> dict[str, Any]:
-        m = self._model
+    @staticmethod
+    def _describe(m: Any) -> dict[str, Any]:
+        """The model-level fields of metadata(), taken at open so that the protobuf tree can be freed."""
         g = m.graph
-        inits = [s for s in self._stored.values() if not s.constant]
         return {
             "producer_name": escape(_text(m.producer_name), 200),
             "producer_version": escape(_text(m.producer_version), 200),
@@ -834,6 +895,12 @@ class ONNXReader(TensorSource):
             "inputs": [escape(_text(i.name), 200) for i in g.input],
             "outputs": [escape(_text(o.name), 200) for o in g.output],
             "metadata_props": {escape(_text(p.key), 200): escape(_text(p.value), 1000) for p in m.metadata_props},
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        inits = [s for s in self._stored.values() if not s.constant]
+        return {
+            **self._model_meta,
             "initializers": sum(1 for s in inits),
             "initializer_elements": sum(s.numel for s in inits),
             "stored_tensors": len(self._stored),
