@@ -251,6 +251,8 @@ BAD: list[tuple[str, object, str]] = [
     ("duplicate_field", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "dtype": "F16", "shape": [2], '
                                                    b'"data_offsets": [0, 8]}}', b"\0" * 8),
      ": header is not valid: key 'dtype' appears twice in one object"),
+    ("dtype_not_a_string", lambda p: raw_safetensors(p, {"a": _entry([])}, b"\0" * 8),  # type: ignore[arg-type]
+     " [tensor a]: unknown dtype []"),  # found by tests/fuzz: a TypeError (unhashable list) before
     ("boolean_shape", lambda p: raw_safetensors(p, {"a": _entry(shape=[True, 2])}, b"\0" * 8),
      " [tensor a]: invalid shape [True, 2]"),
     ("float_shape", lambda p: raw_safetensors(p, {"a": _entry(shape=[2.0])}, b"\0" * 8),  # type: ignore[list-item]

@@ -142,8 +142,8 @@ class SafetensorsReader(TensorSource):
             dtype = entry.get("dtype")
             shape = entry.get("shape")
             offs = entry.get("data_offsets")
-            if dtype not in DTYPE_SIZES:
-                raise FormatError(path, f"unknown dtype {dtype!r}", tensor=name)
+            if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+                raise FormatError(path, f"unknown dtype {_brief(dtype)}", tensor=name)
             if not isinstance(shape, list) or not all(_valid_int(d) for d in shape):
                 raise FormatError(path, f"invalid shape {_brief(shape)}", tensor=name)
             if not isinstance(offs, list) or len(offs) != 2 or not all(_valid_int(o) for o in offs) or offs[1] < offs[0]:
