@@ -295,3 +295,17 @@ def test_compressed_storage_rows_inflate_once(tmp_path: Path, monkeypatch: pytes
         for r in range(0, 64, 8):
             np.testing.assert_array_equal(src.read_rows("w", r, r + 8), full[r:r + 8])
     assert len(calls) == 1
+
+
+def test_member_declaring_gigabytes_beyond_what_tensors_need_is_not_inflated(tmp_path: Path) -> None:
+    # 64 MiB of zeros deflate to 64 KB; the entry says 4 GB; the tensors need 16 bytes: only those are inflated
+    pkl = state_dict_pickle({"w": tensor("0", 4, (4,))})
+    path = torch_zip(tmp_path / "big.bin", pkl, {"0": Member(bytes(64 << 20), deflate=True, declare=2**32 - 1)})
+    tracemalloc.start()
+    try:
+        with open_file(path) as src:
+            np.testing.assert_array_equal(src.read("w"), np.zeros(4, np.float32))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20

@@ -619,10 +619,15 @@ class TorchReader(TensorSource):
         if member.compress_type == zipfile.ZIP_DEFLATED and need > limit:
             raise FormatError(self.path, f"zip member {shown} would inflate {member.compress_size} bytes to "
                               f"{need}, more than {MAX_INFLATE_RATIO} times its size; refused as a zip bomb")
+        # a declared size beyond what the tensors need is never inflated (see _inflated): no check here
 
-    def _inflate(self, member: zipfile.ZipInfo, limit: int, what: str) -> bytes:
-        """Exactly the bytes of `member` (at most `limit`), read in chunks: short or long members are errors."""
-        if member.file_size > limit:
+    def _inflate(self, member: zipfile.ZipInfo, limit: int, what: str, *, prefix: bool = False) -> bytes:
+        """Exactly the bytes of `member` (at most `limit`), read in chunks: short or long members are errors.
+
+        With `prefix`, only the first `limit` bytes are wanted (a storage larger than its tensors need):
+        inflating stops there, whatever the entry declares.
+        """
+        if member.file_size > limit and not prefix:
             raise FormatError(self.path, f"{what} is {member.file_size} bytes, over the {limit}-byte cap")
         if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise FormatError(self.path, f"{what} uses compression method {member.compress_type}; only stored "
@@ -640,6 +645,11 @@ class TorchReader(TensorSource):
                     got += len(chunk)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib_error()) as exc:
             raise FormatError(self.path, f"cannot read {what} ({_show(str(exc))}); truncated?") from exc
+        if prefix:
+            if got < limit:
+                raise FormatError(self.path, f"{what} inflates to {got} bytes but its zip entry declares "
+                                  f"{member.file_size}")
+            return b"".join(parts)[:limit]
         if got > limit:
             raise FormatError(self.path, f"{what} inflates past the {limit}-byte cap")
         if got != member.file_size:
@@ -757,7 +767,7 @@ class TorchReader(TensorSource):
         if self._inflated_key != ref.key:
             assert self._zip is not None and member is not None
             info = self._zip.getinfo(member)
-            data = self._inflate(info, info.file_size, f"storage {_show(ref.key)!r}")
+            data = self._inflate(info, nbytes, f"storage {_show(ref.key)!r}", prefix=True)
             if len(data) < nbytes:  # _check_member saw the declared size; this is what it held
                 raise FormatError(self.path, f"storage {_show(ref.key)!r} inflates to {len(data)} bytes but "
                                   f"{nbytes} are needed")
