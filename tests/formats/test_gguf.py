@@ -305,3 +305,12 @@ def test_overlong_tensor_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as err:
         GGUFReader(path)
     assert str(err.value) == f"{path}: tensor info 0 has a name of 6000 bytes, over the 4096-byte cap"
+
+
+def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
+    from format_builders import gguf_file
+
+    path = gguf_file(tmp_path / "e.gguf", [], [("w", (0, 4, 2**62), 0, 0)], b"")
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == f"{path} [tensor w]: shape [0, 4, {2**62}] describes more than {2**40} elements"

@@ -707,3 +707,11 @@ def test_sniff_claims_only_the_real_onnx_file(realmodels: Path) -> None:
     claimed = [p.relative_to(realmodels).as_posix() for p in files if sniff(head(p))]
     expected = [p.relative_to(realmodels).as_posix() for p in files if p.suffix == ".onnx"]
     assert claimed == expected
+
+
+def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**62, 4, 0], raw_data=b"")
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", ["w"], ["y"])], [t], "y", [1])
+    with pytest.raises(FormatError) as err:
+        ONNXReader(path)
+    assert str(err.value) == f"{path} [tensor w]: shape [{2**62}, 4, 0] describes more than {2**40} elements"

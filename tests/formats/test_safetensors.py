@@ -262,6 +262,9 @@ BAD: list[tuple[str, object, str]] = [
     ("shape_past_u64", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [18446744073709551616, 0], '
                                                   b'"data_offsets": [0, 0]}}', b""),
      " [tensor a]: invalid shape [18446744073709551616, 0]"),
+    ("empty_shape_beyond_numpy", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [9223372036854775808, '
+                                                            b'0], "data_offsets": [0, 0]}}', b""),
+     f" [tensor a]: shape [9223372036854775808, 0] describes more than {2**40} elements"),  # found by tests/fuzz
     ("overlong_integer", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], '
                                                     b'"data_offsets": [0, 0]}}', b""),
      " [tensor a]: invalid shape [inf]"),
@@ -335,8 +338,8 @@ def test_chosen_by_content_not_extension(tmp_path: Path) -> None:
 
 
 # Cases the safetensors library itself accepts: a duplicate key (it keeps the last entry silently, so two
-# readers can see two different tensors under one name).
-LIBRARY_ACCEPTS = {"duplicate_key"}
+# readers can see two different tensors under one name), and an empty tensor whose shape numpy cannot hold.
+LIBRARY_ACCEPTS = {"duplicate_key", "empty_shape_beyond_numpy"}  # the second: empty, but numpy cannot shape it
 
 
 @pytest.mark.parametrize("case, build, message", BAD, ids=[b[0] for b in BAD])
@@ -352,3 +355,10 @@ def test_the_safetensors_library_refuses_the_same_files(tmp_path: Path, case: st
         return
     with pytest.raises((SafetensorError, OSError)), safe_open(p, framework="np"):
         pass
+
+
+def test_doubles_beyond_float32_become_inf_without_a_warning(tmp_path: Path) -> None:
+    p = write_safetensors(tmp_path / "d.safetensors", {"d": np.array([1e300, -1e300, 1.5], np.float64)})
+    with SafetensorsReader(p) as src:  # warnings are errors in the tests: a RuntimeWarning would fail here
+        np.testing.assert_array_equal(src.read("d"), [np.inf, -np.inf, 1.5])
+        np.testing.assert_array_equal(src.read_rows("d", 0, 1), [np.inf])

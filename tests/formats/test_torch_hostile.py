@@ -309,3 +309,10 @@ def test_member_declaring_gigabytes_beyond_what_tensors_need_is_not_inflated(tmp
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
+    path = torch_zip(tmp_path / "empty.bin", state_dict_pickle({"w": tensor("0", 0, (2**62, 4, 0))}), {"0": b""})
+    with pytest.raises(FormatError) as err:
+        open_file(path)
+    assert str(err.value) == f"{path} [tensor w]: shape [{2**62}, 4, 0] describes more than {2**40} elements"

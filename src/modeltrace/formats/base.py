@@ -22,6 +22,20 @@ from modeltrace.errors import FormatError
 MAX_NAME_CHARS = 4096
 """Longest tensor name any reader accepts (real names are under 200 characters; a name of a few MB makes
 every later step that matches names slow)."""
+MAX_SHAPE_ELEMENTS = 2**40
+"""Most elements a shape may describe, zero-length dimensions aside: numpy refuses larger shapes even
+when a zero makes them empty, and no tensor comes near (a file-backed tensor is also held to its bytes)."""
+
+
+def check_shape(path: Path | str, shape: tuple[int, ...], tensor: str | None = None) -> None:
+    """Refuse a shape numpy cannot represent (see MAX_SHAPE_ELEMENTS), as a FormatError naming the tensor."""
+    n = 1
+    for d in shape:
+        if d:
+            n *= d
+    if n > MAX_SHAPE_ELEMENTS:
+        raise FormatError(path, f"shape {list(shape)} describes more than {MAX_SHAPE_ELEMENTS} elements",
+                          tensor=tensor)
 
 
 @dataclass(frozen=True)
@@ -152,7 +166,8 @@ def raw_to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         out <<= 16
         return out.view(np.float32)
     if dtype == "F64":
-        return raw.view("<f8").astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, as a float32 copy would hold
+            return raw.view("<f8").astype(np.float32)
     if dtype in ("F8_E4M3", "F8_E5M2"):
         table: np.ndarray = FP8_E4M3FN if dtype == "F8_E4M3" else FP8_E5M2
         return np.take(table, raw)
@@ -191,7 +206,8 @@ def convert_into(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
     elif dtype == "F16":
         np.copyto(out, raw.view("<f2"))
     elif dtype == "F64":
-        np.copyto(out, raw.view("<f8"), casting="same_kind")
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, without a RuntimeWarning on stderr
+            np.copyto(out, raw.view("<f8"), casting="same_kind")
     elif dtype == "F8_E4M3":
         np.take(FP8_E4M3FN, raw, out=out)
     elif dtype == "F8_E5M2":

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import MAX_NAME_CHARS, TensorInfo, TensorSource, release_map
+from modeltrace.formats.base import MAX_NAME_CHARS, TensorInfo, TensorSource, check_shape, release_map
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -233,6 +233,7 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
         except (ValueError, KeyError):
             raise FormatError(path, f"unknown tensor type {qtype}", tensor=shown) from None
+        check_shape(path, tuple(dims), shown)
         numel = 1
         for d in dims:
             numel *= d
@@ -383,7 +384,8 @@ class GGUFReader(TensorSource):
         qname = qt.name
         try:
             if qname in _PLAIN_DTYPES:
-                out = raw.view(_PLAIN_DTYPES[qname]).astype(np.float32)
+                with np.errstate(over="ignore"):  # F64 beyond float32's range becomes inf, silently
+                    out = raw.view(_PLAIN_DTYPES[qname]).astype(np.float32)
             elif qname == "BF16":
                 out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
             else:

@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError, UnsafeFileError
-from modeltrace.formats.base import DTYPE_SIZES, MAX_NAME_CHARS, TensorInfo, TensorSource, raw_to_float32
+from modeltrace.formats.base import (
+    DTYPE_SIZES,
+    MAX_NAME_CHARS,
+    TensorInfo,
+    TensorSource,
+    check_shape,
+    raw_to_float32,
+)
 from modeltrace.textsafe import escape
 
 # TensorProto.DataType codes -> our storage dtype names (safetensors spelling where one exists).
@@ -389,6 +396,7 @@ class ONNXReader(TensorSource):
         dims = tuple(int(d) for d in t.dims)
         if any(d < 0 for d in dims):
             raise FormatError(self.path, f"negative dimension in shape {list(dims)}", tensor=name)
+        check_shape(self.path, dims, name)
         st = _Stored(name, int(t.data_type), dims, graph=gname)
         if t.data_location == _EXTERNAL:
             st.external = self._external(t, st)

@@ -22,6 +22,7 @@ from modeltrace.formats.base import (
     MAX_NAME_CHARS,
     TensorInfo,
     TensorSource,
+    check_shape,
     float32_destination,
     pread_float32,
     release_map,
@@ -151,6 +152,7 @@ class SafetensorsReader(TensorSource):
             if offs[1] > data_len:
                 raise FormatError(path, f"data_offsets {offs} run past the end of the data ({data_len} bytes)",
                                   tensor=name)
+            check_shape(path, tuple(shape), name)
             numel = 1
             for d in shape:
                 numel *= d

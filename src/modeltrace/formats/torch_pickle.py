@@ -33,6 +33,7 @@ from modeltrace.formats.base import (
     MAX_NAME_CHARS,
     TensorInfo,
     TensorSource,
+    check_shape,
     raw_to_float32,
     release_map,
 )
@@ -722,6 +723,7 @@ class TorchReader(TensorSource):
         """
         if len(t.shape) != len(t.stride) or any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride):
             raise FormatError(self.path, f"invalid size {t.shape} / stride {t.stride}", tensor=_show(name))
+        check_shape(self.path, t.shape, _show(name))
         item = DTYPE_SIZES[t.dtype]
         storage_items = t.storage.numel * DTYPE_SIZES[t.storage.dtype] // item
         numel = 1
