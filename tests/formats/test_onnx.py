@@ -715,3 +715,28 @@ def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as err:
         ONNXReader(path)
     assert str(err.value) == f"{path} [tensor w]: shape [{2**62}, 4, 0] describes more than {2**40} elements"
+
+
+def test_external_data_of_a_hub_snapshot_is_found_beside_the_link(tmp_path: Path, rng: np.random.Generator) -> None:
+    # huggingface_hub links snapshots/<sha>/model.onnx and model.onnx.data to ../../blobs/<hash>
+    w = _weights(rng)
+    made = write_onnx(tmp_path / "made" / "model.onnx", w, external_data=True)
+    repo = tmp_path / "models--org--m"
+    snap = repo / "snapshots" / ("a" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in made.parent.iterdir():
+        blob = repo / "blobs" / f"blob-{f.name}"
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(Path("../../blobs") / blob.name)
+    with ONNXReader(snap / "model.onnx") as r:
+        np.testing.assert_array_equal(r.read(EMB), w[EMB])
+    outside = tmp_path / "elsewhere.data"
+    outside.write_bytes((made.parent / next(p.name for p in made.parent.iterdir() if p.suffix != ".onnx"))
+                        .read_bytes())
+    data_link = next(p for p in snap.iterdir() if p.suffix != ".onnx")
+    data_link.unlink()
+    data_link.symlink_to(outside)
+    with pytest.raises(UnsafeFileError) as err:
+        ONNXReader(snap / "model.onnx")
+    assert "resolves outside the model folder" in str(err.value)

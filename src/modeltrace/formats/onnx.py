@@ -40,6 +40,7 @@ from modeltrace.formats.base import (
     check_shape,
     raw_to_float32,
 )
+from modeltrace.refs import confinement_root
 from modeltrace.textsafe import escape
 
 # TensorProto.DataType codes -> our storage dtype names (safetensors spelling where one exists).
@@ -310,7 +311,10 @@ class ONNXReader(TensorSource):
         self._maps: dict[Path, mmap.mmap] = {}
         self._warnings: list[str] = []
         model = self._load()
-        self._folder = self.path.resolve().parent
+        # external files are looked up beside the file as named (a hub snapshot, not the blobs/ its links
+        # point into) and must resolve inside the same root as every other file of the model
+        self._folder = self.path.absolute().parent
+        self._root = confinement_root(self._folder)
         self._stored: dict[str, _Stored] = {}
         self._graph_names: dict[str, str] = {}
         self._nodes: list[_Node] = []
@@ -479,7 +483,7 @@ class ONNXReader(TensorSource):
             raise UnsafeFileError(self.path, f"external data location {shown!r} leaves the model folder; "
                                   f"only files inside {folder} are read", tensor=st.name)
         target = (folder / location).resolve()
-        if not target.is_relative_to(folder):
+        if not target.is_relative_to(self._root):
             raise UnsafeFileError(self.path, f"external data location {shown!r} resolves outside the model "
                                   f"folder (to {escape(target, 200)})", tensor=st.name)
         if not target.is_file():
