@@ -316,3 +316,19 @@ def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as err:
         open_file(path)
     assert str(err.value) == f"{path} [tensor w]: shape [{2**62}, 4, 0] describes more than {2**40} elements"
+
+
+def test_legacy_pickle_length_field_of_4_gb_reads_only_the_file(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "legacy.bin"
+    path.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"\x80\x02X\xff\xff\xff\xffabc")
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError) as err:
+            open_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err.value).startswith(f"{path}: corrupt pickle (")
+    assert peak < 8 << 20

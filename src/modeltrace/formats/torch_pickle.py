@@ -298,7 +298,7 @@ class SafeUnpickler(pickle._Unpickler):
 
     dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, fh: IO[bytes], path: Path, storages: dict[str, StorageRef] | None = None) -> None:
+    def __init__(self, fh: IO[bytes] | _FileSlice, path: Path, storages: dict[str, StorageRef] | None = None) -> None:
         super().__init__(fh)
         self._path = path
         self.storages: dict[str, StorageRef] = {} if storages is None else storages
@@ -427,7 +427,29 @@ def _show(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")[:200]
 
 
-def safe_load(fh: IO[bytes], path: Path, storages: dict[str, StorageRef] | None = None) -> Any:
+class _FileSlice:
+    """A file read through the unpickler with every read capped at the bytes left: a length field of 2^62
+    in a legacy pickle would otherwise have the file object allocate that much before reading."""
+
+    def __init__(self, fh: IO[bytes], size: int) -> None:
+        self._fh, self._size = fh, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._fh.tell())
+        return self._fh.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._fh.readline(min(limit, 1 << 20) if limit and limit > 0 else 1 << 20)
+
+    def readinto(self, buf: Any) -> int:
+        fh: Any = self._fh
+        return fh.readinto(memoryview(buf)[: max(0, self._size - fh.tell())]) or 0
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def safe_load(fh: IO[bytes] | _FileSlice, path: Path, storages: dict[str, StorageRef] | None = None) -> Any:
     """Unpickle one object through `SafeUnpickler`; every failure becomes a FormatError naming `path`."""
     try:
         return SafeUnpickler(fh, path, storages).load()
@@ -676,22 +698,23 @@ class TorchReader(TensorSource):
 
     def _open_legacy(self) -> Any:
         storages: dict[str, StorageRef] = {}
-        with open(self.path, "rb") as fh:
-            magic = safe_load(fh, self.path)
+        with open(self.path, "rb") as raw_fh:
+            pk = _FileSlice(raw_fh, self._size)
+            magic = safe_load(pk, self.path)
             if magic != LEGACY_MAGIC:
                 raise FormatError(self.path, "a bare pickle, not a PyTorch checkpoint (magic number missing)",
                                   hint="only torch.save files are read")
-            version = safe_load(fh, self.path)
+            version = safe_load(pk, self.path)
             if version != 1001:
-                raise FormatError(self.path, f"legacy checkpoint protocol {version!r:.40} is not supported")
-            sys_info = safe_load(fh, self.path)
+                raise FormatError(self.path, f"legacy checkpoint protocol {_brief(version)} is not supported")
+            sys_info = safe_load(pk, self.path)
             if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
                 raise FormatError(self.path, "big-endian checkpoints are not supported")
-            root = safe_load(fh, self.path, storages)
-            keys = safe_load(fh, self.path)
+            root = safe_load(pk, self.path, storages)
+            keys = safe_load(pk, self.path)
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise FormatError(self.path, "legacy checkpoint's storage key list is malformed")
-            pos = fh.tell()
+            pos = pk.tell()
         for key in keys:
             if pos + 8 > self._size:
                 raise FormatError(self.path,
