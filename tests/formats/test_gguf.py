@@ -314,3 +314,14 @@ def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as err:
         GGUFReader(path)
     assert str(err.value) == f"{path} [tensor w]: shape [0, 4, {2**62}] describes more than {2**40} elements"
+
+
+def test_infinite_block_scale_reads_as_inf_and_nan_without_a_warning(tmp_path: Path) -> None:
+    # found by tests/fuzz: a Q8_0 block whose f16 scale is inf made numpy warn on stderr
+    from format_builders import gguf_file
+
+    block = struct.pack("<e", float("inf")) + bytes([1, 0] + [0] * 30)  # scale inf, q = 1, 0, 0, ...
+    path = gguf_file(tmp_path / "inf.gguf", [], [("w", (32,), 8, 0)], block)
+    with GGUFReader(path) as src:  # warnings are errors in the tests
+        out = src.read("w")
+    assert out[0] == np.inf and np.isnan(out[1])

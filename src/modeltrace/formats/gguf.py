@@ -383,13 +383,14 @@ class GGUFReader(TensorSource):
         qt = GGMLQuantizationType(qtype)
         qname = qt.name
         try:
-            if qname in _PLAIN_DTYPES:
-                with np.errstate(over="ignore"):  # F64 beyond float32's range becomes inf, silently
+            # values are what the file holds: an inf or NaN scale gives inf or NaN, without a RuntimeWarning
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if qname in _PLAIN_DTYPES:
                     out = raw.view(_PLAIN_DTYPES[qname]).astype(np.float32)
-            elif qname == "BF16":
-                out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-            else:
-                out = np.asarray(gguf.quants.dequantize(raw, qt), dtype=np.float32)
+                elif qname == "BF16":
+                    out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+                else:
+                    out = np.asarray(gguf.quants.dequantize(raw, qt), dtype=np.float32)
         except NotImplementedError as exc:
             raise FormatError(self.path, f"dequantizing {qname} is not supported",
                               tensor=_show(name)) from exc
