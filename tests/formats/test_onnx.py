@@ -260,6 +260,16 @@ def test_blocked_dequantize_linear(tmp_path: Path) -> None:
         assert r.info("proj.weight").extra["block_size"] == 4
 
 
+def test_huge_block_size_does_not_allocate_per_block_element(tmp_path: Path) -> None:
+    q = np.arange(-10, 10, dtype=np.int8).reshape(2, 10)
+    scale = np.array([[2.0], [3.0]], np.float32)  # one block covers the row: any block >= 10 is the same
+    inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(scale, "w_s")]
+    node = helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["proj.weight"], axis=1, block_size=2**40)
+    path = _single_tensor_model(tmp_path / "m.onnx", [node], inits, "proj.weight", [2, 10])
+    with ONNXReader(path) as r:  # np.repeat by the block size asked for 2^41 floats
+        np.testing.assert_array_equal(r.read("proj.weight"), q.astype(np.float32) * scale)
+
+
 def test_dynamic_quantize_matmul_takes_its_name_from_the_bias(tmp_path: Path) -> None:
     q = np.arange(-6, 6, dtype=np.int8).reshape(4, 3)  # in x out
     scale = np.array([0.5, 1.0, 2.0], np.float32)

@@ -407,6 +407,8 @@ def onnx_models(draw: st.DrawFn) -> tuple[bytes, dict[str, bytes]]:
         node = helper.make_node(op, ins, [f"y{k}"], name=draw(st.sampled_from(["", "/l0/MatMul", "/a/b/c"])))
         if draw(st.booleans()):
             node.attribute.append(helper.make_attribute("axis", draw(st.integers(-3, 3))))
+        if draw(st.booleans()):
+            node.attribute.append(helper.make_attribute("block_size", draw(st.sampled_from([0, 1, 2, -1, 2**40]))))
         if op == "Constant" and inits and draw(st.booleans()):
             node.attribute.append(helper.make_attribute("value", inits[0]))
         if op == "If":

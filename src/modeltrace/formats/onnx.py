@@ -839,9 +839,8 @@ class ONNXReader(TensorSource):
             return arr.reshape((1,) * len(q_dims))
         if lg.axis is None:  # numpy broadcasting: align trailing dimensions
             return arr.reshape((1,) * (len(q_dims) - arr.ndim) + arr.shape) if arr.ndim < len(q_dims) else arr
-        if lg.block_size:
-            arr = np.repeat(arr, lg.block_size, axis=lg.axis)
-            return np.take(arr, np.arange(q_dims[lg.axis]), axis=lg.axis)
+        if lg.block_size:  # element i of the axis uses scale i // block (never np.repeat: a block of 2^40)
+            return np.take(arr, np.arange(q_dims[lg.axis]) // lg.block_size, axis=lg.axis)
         shape = [1] * len(q_dims)
         shape[lg.axis] = q_dims[lg.axis]
         return arr.reshape(shape)
