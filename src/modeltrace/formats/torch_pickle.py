@@ -59,7 +59,9 @@ MAX_INFLATE_RATIO = 32
 """A compressed storage may inflate to at most this many times its compressed size (plus 1 MiB): torch
 stores storages uncompressed, and a deflate bomb reaches 1032:1."""
 INFLATE_SLACK_BYTES = 1024 * 1024
+"""Allowance above MAX_INFLATE_RATIO for small members (a few KB of zeros may inflate further)."""
 INFLATE_CHUNK_BYTES = 1024 * 1024
+"""Bytes inflated per step: a member is streamed, never inflated past what was asked for."""
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params", "ema", "model_ema",
                 "state_dict_ema")
