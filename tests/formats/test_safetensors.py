@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,31 @@ def test_doubles_beyond_float32_become_inf_without_a_warning(tmp_path: Path) -> 
     with SafetensorsReader(p) as src:  # warnings are errors in the tests: a RuntimeWarning would fail here
         np.testing.assert_array_equal(src.read("d"), [np.inf, -np.inf, 1.5])
         np.testing.assert_array_equal(src.read_rows("d", 0, 1), [np.inf])
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F8_E4M3", "I8"])
+def test_threaded_conversion_equals_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """Large reads are split across READ_THREADS threads; the values are the same, to the bit."""
+    from modeltrace.formats import base
+    from modeltrace.formats.base import DTYPE_SIZES, raw_to_float32
+
+    monkeypatch.setattr(base, "CONVERT_CHUNK_BYTES", 64)
+    monkeypatch.setattr(base, "THREADED_MIN_BYTES", 256)
+    monkeypatch.setattr(base, "READ_THREADS", 3)
+    monkeypatch.setattr(base, "_POOL", None)
+    raw = np.random.default_rng(5).integers(0, 256, size=1001 * DTYPE_SIZES[dtype], dtype=np.uint8)
+    p = raw_safetensors(tmp_path / "m.safetensors", {"t": {"dtype": dtype, "shape": [1001],
+                                                           "data_offsets": [0, raw.size]}}, raw.tobytes())
+    with SafetensorsReader(p) as src:
+        got = src.read("t")
+        buf = src.read_buffer()
+        into = src.read_into("t", buf)
+    np.testing.assert_array_equal(got.view(np.uint32), raw_to_float32(raw, dtype).view(np.uint32))
+    np.testing.assert_array_equal(into.view(np.uint32), got.view(np.uint32))
+    fd = os.open(p, os.O_RDONLY)  # a read running past the end of the file: the last part raises, in the caller
+    try:
+        with pytest.raises(FormatError) as err:
+            base.pread_float32(fd, p, p.stat().st_size - raw.size, raw.size + 64 * DTYPE_SIZES[dtype], dtype)
+        assert str(err.value).endswith("while reading tensor data; truncated?")
+    finally:
+        os.close(fd)

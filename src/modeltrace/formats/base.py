@@ -9,8 +9,10 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -260,6 +262,38 @@ def _convert_range(fd: int, path: Path, offset: int, dtype: str, out: np.ndarray
         convert_into(buf[: k * size], dtype, out[i : i + k])
 
 
+READ_THREADS = max(1, int(os.environ.get("MODELTRACE_READ_THREADS", "0") or 0) or min(4, os.cpu_count() or 1))
+"""Threads that convert one large tensor (pread and numpy's conversions release the GIL); set
+MODELTRACE_READ_THREADS=1 for one. Conversion, not the disk, bounds a bf16 read from the page cache."""
+THREADED_MIN_BYTES = 8 * 1024 * 1024
+"""Tensors smaller than this (stored bytes) are converted on the calling thread: a hand-off costs more."""
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="modeltrace-read")
+        return _POOL
+
+
+def _convert_parallel(fd: int, path: Path, offset: int, dtype: str, out: np.ndarray, n: int) -> None:
+    """`_convert_range` over [0, n), split into contiguous parts converted by up to READ_THREADS threads."""
+    size = DTYPE_SIZES[dtype]
+    parts = min(READ_THREADS, n * size // THREADED_MIN_BYTES)
+    if parts <= 1:
+        _convert_range(fd, path, offset, dtype, out, 0, n)
+        return
+    per = max(1, CONVERT_CHUNK_BYTES // size)
+    step = -(-n // parts // per) * per  # whole chunks per part
+    futures = [_pool().submit(_convert_range, fd, path, offset, dtype, out, a, min(n, a + step))
+               for a in range(0, n, step)]
+    for f in futures:
+        f.result()  # a FormatError from any part (a truncated file) is raised here
+
+
 def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str,
                   out: np.ndarray | None = None) -> np.ndarray:
     """Read `nbytes` at `offset` of an open file as a flat float32 array, converting chunk by chunk.
@@ -280,7 +314,7 @@ def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str,
     if dtype == "F32" and sys.byteorder == "little":
         _pread_exact(fd, out.data.cast("B"), offset, path)  # one copy, straight into the result
         return out
-    _convert_range(fd, path, offset, dtype, out, 0, n)
+    _convert_parallel(fd, path, offset, dtype, out, n)
     return out
 
 
