@@ -37,7 +37,7 @@ from format_builders import (
 )
 
 from modeltrace.errors import FormatError
-from modeltrace.formats import open_file
+from modeltrace.formats import open_file, safe_pickle
 from modeltrace.formats import torch_pickle as tp
 
 
@@ -271,7 +271,7 @@ def test_build_cannot_change_a_shared_storage_type(tmp_path: Path) -> None:
 
 
 def test_too_many_opcodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tp, "MAX_PICKLE_OPS", 1000)
+    monkeypatch.setattr(safe_pickle, "MAX_PICKLE_OPS", 1000)
     body = EMPTY_LIST + MARK + NONE * 2000 + APPENDS
     path = torch_zip(tmp_path / "ops.bin", pickle_of(body), {})
     with pytest.raises(FormatError) as err:
