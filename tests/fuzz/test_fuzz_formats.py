@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import struct
 import tempfile
 import time
@@ -84,9 +85,10 @@ def memory_cap() -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        shutil.rmtree(_WORK, ignore_errors=True)
 
 
-_WORK = Path(tempfile.mkdtemp(prefix="modeltrace-fuzz-"))
+_WORK = Path(tempfile.mkdtemp(prefix="modeltrace-fuzz-"))  # one folder per example inside; removed at the end
 
 
 def _exercise(data: bytes, name: str = "model.bin", extra: dict[str, bytes] | None = None, *,
