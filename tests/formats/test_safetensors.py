@@ -391,3 +391,13 @@ def test_threaded_conversion_equals_one_thread(tmp_path: Path, monkeypatch: pyte
         assert str(err.value).endswith("while reading tensor data; truncated?")
     finally:
         os.close(fd)
+
+
+def test_a_fifo_is_not_opened(tmp_path: Path) -> None:
+    from modeltrace.formats import detect_format
+
+    p = tmp_path / "model.safetensors"
+    os.mkfifo(p)
+    with pytest.raises(FormatError) as err:
+        detect_format(p)  # opening a FIFO for reading blocks until a writer comes
+    assert str(err.value) == f"{p}: not a regular file"
