@@ -401,3 +401,25 @@ def test_a_fifo_is_not_opened(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as err:
         detect_format(p)  # opening a FIFO for reading blocks until a writer comes
     assert str(err.value) == f"{p}: not a regular file"
+
+
+def test_threaded_reads_work_in_a_forked_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked after the pool was made has none of its threads: it makes its own, and does not hang."""
+    from modeltrace.formats import base
+
+    monkeypatch.setattr(base, "THREADED_MIN_BYTES", 256)
+    monkeypatch.setattr(base, "READ_THREADS", 2)
+    raw = np.arange(4096, dtype=np.uint16)
+    p = raw_safetensors(tmp_path / "m.safetensors", {"t": {"dtype": "BF16", "shape": [4096],
+                                                           "data_offsets": [0, raw.nbytes]}}, raw.tobytes())
+    with SafetensorsReader(p) as src:
+        want = src.read("t")  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when the read matches, within the alarm
+        import signal
+
+        signal.alarm(20)
+        with SafetensorsReader(p) as src:
+            os._exit(0 if np.array_equal(src.read("t"), want) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -268,14 +268,17 @@ MODELTRACE_READ_THREADS=1 for one. Conversion, not the disk, bounds a bf16 read 
 THREADED_MIN_BYTES = 8 * 1024 * 1024
 """Tensors smaller than this (stored bytes) are converted on the calling thread: a hand-off costs more."""
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _POOL
+    """The conversion threads, made on first use and again in a forked child (which has none of them)."""
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL_PID != os.getpid():
             _POOL = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="modeltrace-read")
+            _POOL_PID = os.getpid()
         return _POOL
 
 
