@@ -171,7 +171,8 @@ _ST_DTYPES = ["F32", "F16", "BF16", "F64", "I8", "U8", "I64", "BOOL", "F8_E4M3",
 _SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1, "I64": 8, "BOOL": 1, "F8_E4M3": 1,
           "F8_E5M2": 1}
 _ODD_VALUES = st.one_of(st.booleans(), st.floats(allow_nan=False), st.integers(-3, 3),
-                        st.integers(2**63, 2**65), st.none(), st.text(max_size=3), st.just([]), st.just({}))
+                        st.integers(2**63, 2**65), st.none(), st.text(max_size=3),
+                        st.builds(list), st.builds(dict))  # fresh containers: a shared one would be mutated
 
 
 @st.composite
