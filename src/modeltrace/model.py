@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,7 @@ from modeltrace.errors import FormatError, ResolveError, UnsafeFileError
 from modeltrace.formats import detect_format, open_file
 from modeltrace.formats.base import TensorSource
 from modeltrace.formats.composite import CompositeSource, component_names
+from modeltrace.refs import confinement_root, inside
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".ckpt")
@@ -28,26 +30,52 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def load_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
-    """Parse a small JSON file from a model folder, with a size cap and our own errors."""
-    size = path.stat().st_size
-    if size > limit:
-        raise FormatError(path, f"JSON file is {size} bytes, over the {limit}-byte cap")
+    """Parse a small JSON file from a model folder, with a size cap and our own errors for every failure:
+    unreadable, too large, not UTF-8, nested too deeply, an integer too long to convert, bad syntax."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a FIFO would block for ever
+            raise FormatError(path, "not a regular file")
+        size = st.st_size
+        if size > limit:
+            raise FormatError(path, f"JSON file is {size} bytes, over the {limit}-byte cap")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError(path, "not UTF-8 text") from exc
+    except OSError as exc:
+        raise FormatError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
     except RecursionError as exc:
         raise FormatError(path, "JSON nested too deeply") from exc
     except json.JSONDecodeError as exc:
         raise FormatError(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise FormatError(path, f"JSON holds a number too long to read ({exc})") from exc
 
 
 def _inside(root: Path, rel: str, index: Path) -> Path:
-    # checked on the names, not on resolved links: a hub-cache snapshot links every file into blobs/
+    """`root / rel` for a path named in `index`, refused unless it stays inside the model folder, by its
+    name and after following links (a hub-cache snapshot may link into its repository's blobs/)."""
     p = Path(os.path.normpath(root / rel))
     if not p.is_relative_to(os.path.normpath(root)):
         raise UnsafeFileError(index, f"shard path {rel!r} points outside the model folder")
+    if p.exists() and not p.resolve().is_relative_to(confinement_root(root)):
+        raise UnsafeFileError(index, f"shard path {rel!r} links outside the model folder")
     return p
+
+
+def _listing(folder: Path) -> list[Path]:
+    """Every file under `folder` (not under .git or .cache), each refused if it links outside the folder."""
+    root = confinement_root(folder)
+    files = []
+    for p in folder.rglob("*"):
+        parts = p.relative_to(folder).parts
+        if ".git" in parts or ".cache" in parts or not p.is_file():
+            continue
+        inside(root, p)
+        files.append(p)
+    return sorted(files)
 
 
 @dataclass
@@ -70,8 +98,7 @@ class Model:
             return cls(ref=ref, root=path.parent, weight_files=[path], single_file=True, files=[path])
         if not path.is_dir():
             raise ResolveError(ref, "no such file or folder")
-        files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.relative_to(path).parts
-                       and ".cache" not in p.relative_to(path).parts)
+        files = _listing(path)
         return cls(ref=ref, root=path, weight_files=_choose_weights(path, files), files=files)
 
     @classmethod
