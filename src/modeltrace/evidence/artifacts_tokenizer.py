@@ -145,4 +145,4 @@ class TokenizerMatchMethod(EvidenceMethod):
         return Evidence(method=self.name, status="ok", statement="; ".join(parts),
                         null_hypothesis=self.null_hypothesis, statistic=float(len(custom_same)), p_value=p,
                         kind=self.kind, powered=p is not None and cmp.units > 0 and
-                        1 / math.factorial(cmp.units) <= powered_threshold(), details=details)
+                        -math.lgamma(cmp.units + 1) <= math.log(powered_threshold()), details=details)
