@@ -135,3 +135,25 @@ def test_sixty_thousand_shared_custom_tokens_take_bounded_memory_and_time() -> N
 def test_fixed_point_p_stays_exact_at_the_exact_limit() -> None:
     # P(no fixed point) -> 1/e: P(at least one) = 1 - D(n)/n! = 1 - 1/e to double precision for n = 4096
     assert fixed_point_p(4096, 1) == pytest.approx(1 - 1 / 2.718281828459045, rel=1e-12)
+
+
+@pytest.mark.parametrize("template", [
+    "{#" * 100_000, "{%" * 100_000, "{{" + " " * 200_000 + "x", " " * 200_000 + "y",
+    "".join("ab{%} "[(i * 7919) % 6] for i in range(200_000)),
+], ids=["unclosed-comments", "unclosed-tags", "spaces-in-a-tag", "leading-spaces", "mixed"])
+def test_huge_hostile_chat_templates_compare_in_linear_time(template: str) -> None:
+    from modeltrace.artifacts.chat_template import MAX_COMPARE_CHARS, compare_templates
+
+    start = time.perf_counter()
+    c = compare_templates(template, template[::-1] + "z" * MAX_COMPARE_CHARS)
+    assert time.perf_counter() - start < 5.0
+    assert c.truncated and 0.0 <= c.similarity <= 1.0
+
+
+def test_template_similarity_is_the_dice_coefficient_of_shingles() -> None:
+    from modeltrace.artifacts.chat_template import similarity
+
+    assert similarity("abcdefghij", "abcdefghij") == 1.0
+    assert similarity("abcdefghij", "zzzzzzzzzz") == 0.0
+    # shingles of 8: "abcdefghi" has 2, "abcdefghz" has 2; one ("abcdefgh") shared: 2 * 1 / 4
+    assert similarity("abcdefghi", "abcdefghz") == 0.5
