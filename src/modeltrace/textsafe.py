@@ -45,7 +45,8 @@ def finite(obj: Any, _depth: int = 0) -> Any:
     """`obj` as plain JSON data: non-finite floats become None, numpy values plain Python, tuples lists.
 
     Mappings keep their keys as strings; anything else unknown becomes its string. Depth is capped
-    at 100 (deeper values become a string), so a cyclic or hostile structure cannot recurse forever.
+    at 100 (a deeper value becomes the string "<nested too deeply>"), so a cyclic or hostile structure
+    cannot recurse forever.
     """
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -54,7 +55,7 @@ def finite(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if _depth > 100:
-        return str(obj)[:200]
+        return "<nested too deeply>"
     if isinstance(obj, Mapping):
         return {str(k): finite(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
