@@ -6,7 +6,6 @@ whatever the verdict; 2 for bad input (a missing file, a malformed checkpoint, a
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -20,8 +19,9 @@ from rich.text import Text
 from modeltrace.compare import DEFAULT_THRESHOLD, CompareResult
 from modeltrace.compare import compare as run_compare
 from modeltrace.errors import ModelTraceError
+from modeltrace.inspect import parse_artifacts
 from modeltrace.model import Model
-from modeltrace.textsafe import escape
+from modeltrace.textsafe import dumps, escape
 
 VERDICT_STYLE = {"derived": "bold red", "independent": "bold green", "inconclusive": "bold yellow"}
 LAYER_ROWS_SHOWN = 40
@@ -163,9 +163,9 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
                 opened.append(Model.open(ref, allow_download=download))
         a, b = opened
         try:
-            for m in (a, b):  # a malformed checkpoint is bad input (exit 2), not a finding
-                if m.weight_files:
-                    m.source.infos()
+            for side, m in (("a", a), ("b", b)):  # a file inspect rejects is bad input (exit 2), not a finding
+                if f"endpoint_{side}" not in options:
+                    parse_artifacts(m)
             result = run_compare(a, b, methods=list(methods) or None, threshold=threshold, seed=seed,
                                  options=options, hash_files=hash_files, controls=not no_controls)
         finally:
@@ -178,14 +178,12 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
         ctx.exit(2)
         return
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, default=_jsonable))
+        click.echo(_jsonable(result.to_json()))
     else:
         render(result, Console(file=sys.stdout, highlight=False, soft_wrap=False))
 
 
-def _jsonable(obj: object) -> object:
-    """numpy scalars and arrays that slip into details become plain JSON values."""
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    return str(obj)
+def _jsonable(doc: dict[str, Any]) -> str:
+    """The canonical JSON text: numpy values made plain, NaN and Infinity written as null (never as
+    the non-JSON tokens), and `allow_nan=False` so a value that slips through fails loudly."""
+    return dumps(doc, indent=2)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modeltrace.artifacts.code import (
+    CloneBudget,
     FilePairSimilarity,
     compare_code,
     load_files,
@@ -83,13 +84,14 @@ class CodeCloneMethod(EvidenceMethod):
 
     def run(self, ctx: CompareContext) -> Evidence:
         ea, eb = _extra(ctx.options)
-        prints_a, skipped_a = load_files(_files(ctx.a, ea))
-        prints_b, skipped_b = load_files(_files(ctx.b, eb))
+        budget = CloneBudget()  # one budget of size, count and time for the whole method (artifacts.code)
+        prints_a, skipped_a = load_files(_files(ctx.a, ea), budget)
+        prints_b, skipped_b = load_files(_files(ctx.b, eb), budget)
         skipped = [f"A: {s}" for s in skipped_a] + [f"B: {s}" for s in skipped_b]
         if not prints_a or not prints_b:
             return Evidence.skipped(self.name, "no parseable Python files on one side: " + "; ".join(
                 escape(s) for s in skipped[:4]), kind=self.kind)
-        cmp = compare_code(prints_a, prints_b, skipped)
+        cmp = compare_code(prints_a, prints_b, skipped, budget)
         null = null_sample()
         n_pairs = cmp.n_pairs
         if not cmp.pairs:

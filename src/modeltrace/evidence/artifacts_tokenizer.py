@@ -6,7 +6,7 @@ import math
 from typing import Any, ClassVar
 
 from modeltrace.artifacts.bases import BaseMatch, known_bases
-from modeltrace.artifacts.chat_template import compare_templates
+from modeltrace.artifacts.chat_template import MAX_COMPARE_CHARS, SHINGLE, compare_templates
 from modeltrace.artifacts.config import auto_map_modules, auto_map_repos, read_config
 from modeltrace.artifacts.refs import a_module_names, names_of, points_at
 from modeltrace.artifacts.tokenizer import Tokenizer, read_tokenizer
@@ -115,7 +115,9 @@ class TokenizerMatchMethod(EvidenceMethod):
             tc = compare_templates(ta.chat_template, tb.chat_template)
             template = {"identical_raw": tc.identical_raw, "identical_normalized": tc.identical_normalized,
                         "similarity": tc.similarity, "sha256_a": tc.sha256_a, "sha256_b": tc.sha256_b,
-                        "style_a": tc.style_a, "style_b": tc.style_b}
+                        "style_a": tc.style_a, "style_b": tc.style_b, "truncated": tc.truncated,
+                        "similarity_method": f"Dice coefficient of {SHINGLE}-character shingles of the normalized "
+                                             f"templates (their first {MAX_COMPARE_CHARS} characters)"}
             if tc.identical_normalized:
                 parts.append("identical chat templates after normalization"
                              + (f" (the common {tc.style_a} style)" if tc.style_a else ""))
@@ -145,4 +147,4 @@ class TokenizerMatchMethod(EvidenceMethod):
         return Evidence(method=self.name, status="ok", statement="; ".join(parts),
                         null_hypothesis=self.null_hypothesis, statistic=float(len(custom_same)), p_value=p,
                         kind=self.kind, powered=p is not None and cmp.units > 0 and
-                        1 / math.factorial(cmp.units) <= powered_threshold(), details=details)
+                        -math.lgamma(cmp.units + 1) <= math.log(powered_threshold()), details=details)

@@ -36,7 +36,7 @@ from modeltrace.formats.base import TensorInfo, TensorSource
 from modeltrace.model import Model
 from modeltrace.roles import Role, assign_roles
 
-CONTROL_LAYERS = 3  # layers of A's main component kept in a control copy
+CONTROL_LAYERS = 2  # layers of A's main component kept in a control copy (two: a drop or a repeat still shows)
 NOISE_LADDER = (0.1, 0.3, 1.0)
 ROTATE_NOISE_LADDER = (0.05, 0.2, 0.5)
 # `independent` needs these detected: noise of 0.3 of each tensor's spread, and 0.2 after a rotation
