@@ -24,12 +24,12 @@ MAX_REPORTED_REGIONS = 8
 CLONE_ALPHA = 0.01  # file pairs this unlikely under the null feed the rename map and regions
 
 
-def powered_threshold() -> float:
-    """The verdict threshold compare uses by default: a test whose smallest possible p-value is above
-    it cannot decide on its own, so it reports powered=False."""
+def powered_threshold(ctx: CompareContext) -> float:
+    """The verdict threshold of this compare (`--threshold`): a test whose smallest possible p-value is
+    above it cannot decide on its own, so it reports powered=False."""
     from modeltrace.compare import DEFAULT_THRESHOLD
 
-    return DEFAULT_THRESHOLD
+    return float(ctx.options.get("threshold", DEFAULT_THRESHOLD))
 
 
 def _files(model: Model, extra: list[str]) -> list[tuple[Path, str]]:
@@ -128,7 +128,7 @@ class CodeCloneMethod(EvidenceMethod):
         }
         return Evidence(method=self.name, status="ok", statement=statement, null_hypothesis=self.null_hypothesis,
                         statistic=best.similarity, p_value=p, kind=self.kind,
-                        powered=floor is not None and floor <= powered_threshold(), details=details)
+                        powered=floor is not None and floor <= powered_threshold(ctx), details=details)
 
     @staticmethod
     def _pair(q: FilePairSimilarity, p: float | None) -> dict[str, Any]:

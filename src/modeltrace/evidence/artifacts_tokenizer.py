@@ -61,7 +61,7 @@ class TokenizerMatchMethod(EvidenceMethod):
         extra = ctx.options.get("tokenizer_bases")  # more BaseTokenizer entries, on top of the shipped table
         cmp = compare_tokenizers(ta, tb, known_bases() + tuple(extra) if extra else None)
         refs = self._references(ctx, tb)
-        return self._evidence(ta, tb, cmp, refs)
+        return self._evidence(ta, tb, cmp, refs, powered_threshold(ctx))
 
     def _references(self, ctx: CompareContext, tb: Tokenizer) -> list[str]:
         a_modules = a_module_names(ctx.a)
@@ -82,7 +82,8 @@ class TokenizerMatchMethod(EvidenceMethod):
                        for r in repos if points_at(r, a_names))
         return out
 
-    def _evidence(self, ta: Tokenizer, tb: Tokenizer, cmp: TokenizerComparison, refs: list[str]) -> Evidence:
+    def _evidence(self, ta: Tokenizer, tb: Tokenizer, cmp: TokenizerComparison, refs: list[str],
+                  threshold: float) -> Evidence:
         parts = list(refs)
         custom_same = cmp.custom_same_id
         base_name = cmp.base_a.base.name if cmp.base_a and cmp.base_b and \
@@ -147,4 +148,4 @@ class TokenizerMatchMethod(EvidenceMethod):
         return Evidence(method=self.name, status="ok", statement="; ".join(parts),
                         null_hypothesis=self.null_hypothesis, statistic=float(len(custom_same)), p_value=p,
                         kind=self.kind, powered=p is not None and cmp.units > 0 and
-                        -math.lgamma(cmp.units + 1) <= math.log(powered_threshold()), details=details)
+                        -math.lgamma(cmp.units + 1) <= math.log(threshold), details=details)
