@@ -13,7 +13,7 @@ are equivariant, and so is the data, which never sees coordinates. Then B has th
 residual coordinates relabelled by a uniformly random permutation `rho`, independent of A.
 
 Statistic. (1) Align B's MLP units to A's without looking at B's residual labelling: each unit is
-described by its responses to the embeddings of up to 256 shared tokens, `E[T] w` for its input row
+described by its responses to the embeddings of up to 128 shared tokens, `E[T] w` for its input row
 and `E[T] v` for its output column, both computed in each model's own coordinates; these do not change
 when B's residual coordinates are relabelled (nor rotated). A's sampled units are matched to B's by
 the largest cosine of these profiles (`weights.align.match_units`, injective). (2) Describe each
@@ -67,9 +67,9 @@ from modeltrace.stats.combine import P_FLOOR
 from modeltrace.stats.nulls import fixed_point_tail, randomized_p
 from modeltrace.weights.align import agreement, fold_gain, match_units, sample_units, unit_rows
 from modeltrace.weights.analysis import WeightAnalysis, analysis_for, gather_rows, record_layer_map
-from modeltrace.weights.match import Matching
+from modeltrace.weights.match import Matching, Piece
 
-PROFILE_TOKENS = 256  # shared tokens whose embeddings describe a unit
+PROFILE_TOKENS = 128  # shared tokens whose embeddings describe a unit (profiles cost 4 * tokens * units * d flops)
 MAX_COORDS = 1024  # A's residual coordinates sampled (B's are all candidates, which exactness needs)
 DEFAULT_THRESHOLD = 1e-6
 
@@ -86,21 +86,29 @@ def _threshold(ctx: CompareContext) -> float:
     return float(ctx.options.get("threshold", DEFAULT_THRESHOLD))
 
 
-def _read_side(m: Matching, side: str, component: str, layers: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    out = {}
-    for layer in layers:
-        up = m.piece(side, "mlp_up", layer, component) or m.piece(side, "mlp_gate", layer, component)
-        down = m.piece(side, "mlp_down", layer, component)
-        if up is None or down is None:
-            continue
-        w_in = unit_rows(m.read_piece(side, up), "mlp_up")
-        w_out = unit_rows(m.read_piece(side, down), "mlp_down")
-        gain_piece = m.piece(side, "mlp_norm", layer, component)
-        if gain_piece is not None:
-            w_in = fold_gain(w_in, m.read_piece(side, gain_piece).reshape(-1))
-        if w_in.ndim == 2 and w_out.ndim == 2 and w_in.shape == w_out.shape:
-            out[layer] = (np.asarray(w_in, np.float32), np.ascontiguousarray(w_out, np.float32))
-    return out
+def _in_piece(m: Matching, side: str, component: str, layer: int) -> Piece | None:
+    return m.piece(side, "mlp_up", layer, component) or m.piece(side, "mlp_gate", layer, component)
+
+
+def _mlp_layers(m: Matching, side: str, component: str) -> list[int]:
+    """Layers with an input and an output projection (from metadata only)."""
+    return [i for i in m.side_layers(side, component)
+            if _in_piece(m, side, component, i) is not None and m.piece(side, "mlp_down", i, component) is not None]
+
+
+def _layer_views(m: Matching, side: str, component: str, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(input rows with the norm gain folded in, output columns), one row per unit, in the side's own coordinates."""
+    up, down = _in_piece(m, side, component, layer), m.piece(side, "mlp_down", layer, component)
+    if up is None or down is None:
+        return None
+    w_in = unit_rows(m.read_piece(side, up), "mlp_up")
+    w_out = unit_rows(m.read_piece(side, down), "mlp_down")
+    gain_piece = m.piece(side, "mlp_norm", layer, component)
+    if gain_piece is not None:
+        w_in = fold_gain(w_in, m.read_piece(side, gain_piece).reshape(-1))
+    if w_in.ndim != 2 or w_out.ndim != 2 or w_in.shape != w_out.shape:
+        return None
+    return np.asarray(w_in, np.float32), np.ascontiguousarray(w_out, np.float32)
 
 
 def _layer_pairs(la: list[int], lb: list[int]) -> list[tuple[int, int]]:
@@ -158,15 +166,13 @@ def residual_coordinate_test(wa: WeightAnalysis, seed: int) -> ResidualTest | st
     if ea.shape[1] != eb.shape[1]:
         return f"residual widths differ (A {ea.shape[1]}, B {eb.shape[1]})"
     d = ea.shape[1]
-    la = m.side_layers("a", comp)
-    lb = m.side_layers("b", comp)
-    side_a, side_b = _read_side(m, "a", comp, la), _read_side(m, "b", comp, lb)
-    pairs = [(i, j) for i, j in _layer_pairs(sorted(side_a), sorted(side_b))
-             if side_a[i][0].shape[1] == d and side_b[j][0].shape[1] == d]
     fa, fb = [_block(ea)], [_block(eb)]
     layers: list[dict[str, Any]] = []
-    for i, j in pairs:
-        (ia, oa), (ib, ob) = side_a[i], side_b[j]
+    for i, j in _layer_pairs(_mlp_layers(m, "a", comp), _mlp_layers(m, "b", comp)):
+        va, vb = _layer_views(m, "a", comp, i), _layer_views(m, "b", comp, j)  # one layer pair in memory at a time
+        if va is None or vb is None or va[0].shape[1] != d or vb[0].shape[1] != d:
+            continue
+        (ia, oa), (ib, ob) = va, vb
         s = sample_units(ia.shape[0], wa.rows, np.random.default_rng([seed, i, 29]))
         prof_a = np.concatenate([ia[s] @ ea.T, oa[s] @ ea.T], axis=1)
         prof_b = np.concatenate([ib @ eb.T, ob @ eb.T], axis=1)
@@ -179,6 +185,7 @@ def residual_coordinate_test(wa: WeightAnalysis, seed: int) -> ResidualTest | st
                        "sampled": len(s), "aligned": int(k.sum()),
                        "moved": int(np.count_nonzero(src != dst)),
                        "mean_profile_cosine": round(float(um.best[k].mean()), 4) if k.any() else None})
+        del va, vb, ia, oa, ib, ob, prof_b
     xa, xb = np.concatenate(fa, axis=0).T, np.concatenate(fb, axis=0).T  # (d, features)
     fixed, kept, p, best = coordinate_fixed_points(xa, xb, seed)
     return ResidualTest(fixed=fixed, kept=kept, n=d, p_value=p, min_attainable=best, layers=layers,
