@@ -150,3 +150,16 @@ def test_activation_match_power_follows_the_threshold(models: dict[str, Path]) -
                   options={"representation": True, "prompts": 16, "neurons": 2, "threshold": 1e-6})
     ev = res.evidence[0]
     assert not ev.powered and "not powered" in ev.statement and ev.details["min_attainable_p"] > 1e-6
+
+
+def test_activation_match_noise_control_is_detected(models: dict[str, Path]) -> None:
+    from modeltrace.evidence.base import CompareContext
+    from modeltrace.evidence.representation import ActivationMatchMethod
+
+    a, c = Model.open(str(models["a"])), Model.open(str(models["c"]))
+    ctx = CompareContext(a, c, options={"representation": True, "prompts": 32})
+    method = ActivationMatchMethod()
+    ev = method.run(ctx)
+    assert ev.p_value is not None and ev.p_value > 1e-3  # independent models: nothing found
+    (control,) = method.controls(ctx, ev)
+    assert control.kind == "noise" and control.strength == 0.1 and control.detected and control.p_value < 1e-6

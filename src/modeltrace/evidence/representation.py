@@ -142,6 +142,7 @@ class ActivationMatchMethod(EvidenceMethod):
         acts_b = mlp_activations(be_b, texts)
         rng = np.random.default_rng(ctx.seed)
         layers = []
+        samples: dict[int, np.ndarray] = {}
         for layer in sorted(set(acts_a) & set(acts_b)):
             xa, xb = acts_a[layer], acts_b[layer]
             if xa.shape != xb.shape:
@@ -152,6 +153,7 @@ class ActivationMatchMethod(EvidenceMethod):
             k, strength = match_fixed_points(xa, xb, sample)
             layers.append({"layer": layer, "neurons": n, "sampled": m, "fixed": k, "mean_best_corr": strength,
                            "p_value": fixed_point_tail(k, m, n)})
+            samples[layer] = sample
         if not layers:
             return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
                             statement="no MLP layers with the same width to compare", details={})
@@ -169,10 +171,61 @@ class ActivationMatchMethod(EvidenceMethod):
                 f"the same index in the other model; mean best correlation {strength:.3f}{note}")
         if not powered:
             stmt += power_note(sampled, "neurons", floor_p, threshold)
+        ctx.shared[f"{self.name}:a"] = (texts, acts_a, samples)
         return Evidence(method=self.name, status="ok", kind="representation", powered=powered, p_value=p,
                         statistic=fixed / sampled, null_hypothesis=self.null_hypothesis, statement=stmt,
                         details={"layers": layers, "tokens": int(next(iter(acts_a.values())).shape[0]),
                                  "prompts": len(texts), "min_attainable_p": floor_p})
+
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        """A against A with Gaussian noise on its weights (`control_noise` of each matrix's spread, default 0.1).
+
+        Run only when A is small enough to copy in memory (`NOISE_CONTROL_MAX_PARAMS`): one more forward
+        pass of A over the same texts, matched exactly as B was.
+        """
+        got = ctx.shared.get(f"{self.name}:a")
+        if result.status != "ok" or got is None:
+            return []
+        texts, acts_a, samples = got
+        rel = float(ctx.options.get("control_noise", 0.1))
+        be_a = _local_backend(ctx, "a")
+        be_a._load()
+        size = sum(int(p.numel()) for p in be_a._model.parameters())
+        if size > NOISE_CONTROL_MAX_PARAMS:
+            return []
+        acts_n = mlp_activations(_NoisedCopy(be_a, rel, ctx.seed), texts)
+        ps = [fixed_point_tail(match_fixed_points(acts_a[layer], acts_n[layer], s)[0], len(s),
+                               acts_a[layer].shape[1]) for layer, s in samples.items() if layer in acts_n]
+        if not ps:
+            return []
+        p = checked(fisher(ps), self.name)
+        return [ControlOutcome("noise", rel, self.name, p, p < threshold_of(ctx),
+                               f"A with Gaussian noise of {rel:g} of each weight matrix's spread, on the same texts")]
+
+
+NOISE_CONTROL_MAX_PARAMS = 200_000_000  # above this a second copy of A in memory is not cheap
+
+
+class _NoisedCopy:
+    """A transformers backend's model copied with seeded Gaussian noise on its weight matrices (same tokenizer)."""
+
+    def __init__(self, backend: Any, rel: float, seed: int) -> None:
+        import copy
+
+        import torch
+
+        self._tok = backend._tok
+        self._model = copy.deepcopy(backend._model)
+        gen = torch.Generator().manual_seed(seed + 7)
+        with torch.no_grad():
+            for p in self._model.parameters():
+                if p.dim() == 2:
+                    noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * rel * float(p.float().std())
+                    p.add_(noise.to(p.dtype))
+
+    def _load(self) -> None:
+        return None
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
