@@ -10,7 +10,10 @@ residual stream has those coordinates permuted the same way: embeddings, input a
 projections, norm gains), from an initialization whose law is invariant to that permutation
 (i.i.d. entries; norm gains all 1). Elementwise norms (RMSNorm, LayerNorm), Adam and weight decay
 are equivariant, and so is the data, which never sees coordinates. Then B has the law of B with its
-residual coordinates relabelled by a uniformly random permutation `rho`, independent of A.
+residual coordinates relabelled by a uniformly random permutation `rho`, independent of A. The
+assumption fails for a model that writes a fixed, coordinate-specific tensor into its residual stream
+(a sinusoidal position table added to the embeddings, a fixed DFT basis): two such models share
+that coordinate structure, and this test would read it as shared weights.
 
 Statistic. (1) Align B's MLP units to A's without looking at B's residual labelling: each unit is
 described by its responses to the embeddings of up to 128 shared tokens, `E[T] w` for its input row
