@@ -144,3 +144,17 @@ def test_coordinate_null_is_exact_even_for_a_copy_relabelled_at_random() -> None
         lo, hi = stats.binomtest(k, len(ps), level).proportion_ci(0.999, method="exact")
         assert lo <= level <= hi, (level, k)
     assert stats.kstest(ps_arr, "uniform").pvalue > 1e-3
+
+
+def test_a_shared_position_table_breaks_the_symmetry_and_the_test_does_not_run(tmp_path: Path) -> None:
+    table = np.sin(np.arange(32)[:, None] / (1 + np.arange(24))[None, :])  # fixed, coordinate-specific
+    st_a, st_b = _llama(np.random.default_rng(1)), _llama(np.random.default_rng(2))
+    a = _save(tmp_path / "a", {**st_a, "model.embed_positions.weight": table})
+    b = _save(tmp_path / "b", {**st_b, "model.embed_positions.weight": table})
+    ev = WeightPermutationMethod().run(CompareContext(a, b))
+    assert ev.p_value is None and not ev.powered
+    assert ev.statement == ("not tested: A and B carry the same position table (model.embed_positions.weight): a "
+                            "fixed tensor written into the residual stream breaks the coordinate symmetry this "
+                            "test's null rests on")
+    learned = _save(tmp_path / "c", {**st_b, "model.embed_positions.weight": table + 0.1})
+    assert WeightPermutationMethod().run(CompareContext(a, learned)).p_value is not None

@@ -13,7 +13,9 @@ are equivariant, and so is the data, which never sees coordinates. Then B has th
 residual coordinates relabelled by a uniformly random permutation `rho`, independent of A. The
 assumption fails for a model that writes a fixed, coordinate-specific tensor into its residual stream
 (a sinusoidal position table added to the embeddings, a fixed DFT basis): two such models share
-that coordinate structure, and this test would read it as shared weights.
+that coordinate structure, and this test would read it as shared weights. So the test does not run
+when A and B carry the same position or token-type table (`shared_fixed_inputs`); a table computed in
+code and never stored cannot be seen.
 
 Statistic. (1) Align B's MLP units to A's without looking at B's residual labelling: each unit is
 described by its responses to the embeddings of up to 128 shared tokens, `E[T] w` for its input row
@@ -161,6 +163,10 @@ def residual_coordinate_test(wa: WeightAnalysis, seed: int) -> ResidualTest | st
     if pieces is None or voc is None or len(voc.rows_a) < 8:
         return "no token embeddings of shared tokens to align B's MLP units with A's"
     m = wa.matching
+    shared = shared_fixed_inputs(m)
+    if shared:
+        return (f"A and B carry the same position table ({', '.join(shared)}): a fixed tensor written into the "
+                "residual stream breaks the coordinate symmetry this test's null rests on")
     comp = pieces[2]
     rng = np.random.default_rng([seed, 23])
     pick = np.sort(rng.choice(len(voc.rows_a), size=min(PROFILE_TOKENS, len(voc.rows_a)), replace=False))
@@ -208,6 +214,18 @@ def coordinate_fixed_points(xa: np.ndarray, xb: np.ndarray, seed: int) -> tuple[
     p = randomized_p(fixed, kept, d, u) if kept else 1.0
     best = fixed_point_tail(kept, kept, d) if kept else 1.0
     return fixed, kept, max(P_FLOOR, p), best
+
+
+def shared_fixed_inputs(m: Matching) -> list[str]:
+    """Position and token-type tables that are the same in A and B (B's names): coordinate-specific inputs."""
+    out = []
+    for pair in m.pairs:
+        if pair.kind not in ("pos_embed", "type_embed") or pair.param != "weight":
+            continue
+        a, b = m.read_a(pair), m.read_b(pair)
+        if a.shape == b.shape and np.allclose(a, b, rtol=0.0, atol=1e-6 * max(1e-30, float(np.abs(a).max()))):
+            out.append(pair.b)
+    return out
 
 
 def _gather(m: Matching, side: str, piece: Any, rows: np.ndarray) -> np.ndarray:
