@@ -68,3 +68,38 @@ def test_paired_agreement_test_is_valid_under_exchangeable_models() -> None:
     for level in (0.1, 0.01):
         k = int((arr <= level).sum())
         assert clopper_pearson(k, reps, 0.999)[0] <= level, (level, k)  # never significantly above the level
+
+
+def test_cka_block_sign_test_is_valid_under_exchangeable_models() -> None:
+    """B and R drawn alike (both unrelated to A): the block sign test rejects no more than its level."""
+    from modeltrace.evidence.representation import block_sign_p, unit_rows
+
+    rng = np.random.default_rng(9)
+    reps, n = 600, 48  # 6 blocks of 8 prompts
+    ps = []
+    for _ in range(reps):
+        hx = unit_rows([rng.standard_normal((n, 12))])
+        shared = rng.standard_normal((n, 12))  # what any model on these inputs picks up
+        hy = unit_rows([shared + rng.standard_normal((n, 12))])
+        hr = unit_rows([shared + rng.standard_normal((n, 12))])
+        ps.append(block_sign_p(hx, hy, hr, 0.0))
+    arr = np.array(ps)
+    for k in (5, 6):  # attainable levels 7/64 and 1/64
+        level = binomial_half_sf(k, 6)
+        assert clopper_pearson(int((arr <= level).sum()), reps, 0.999)[0] <= level, (k, level)
+
+
+def test_canary_null_is_exact_for_any_guessing_bias() -> None:
+    """B never saw the facts: the right choice sits at a uniform position, so any bias of B is irrelevant."""
+    from modeltrace.probes.mistakes import poisson_binomial_sf
+
+    rng = np.random.default_rng(4)
+    reps, items = 20000, 30
+    bias = np.array([0.7, 0.1, 0.1, 0.1])  # B strongly prefers the first choice
+    right_pos = rng.integers(0, 4, size=(reps, items))
+    guesses = rng.choice(4, size=(reps, items), p=bias)
+    rights = (right_pos == guesses).sum(axis=1)
+    ps = np.array([poisson_binomial_sf([0.25] * items, int(k)) for k in rights])
+    for k in (13, 15):
+        level = poisson_binomial_sf([0.25] * items, k)
+        assert _within(int((ps <= level).sum()), reps, level), (k, level)
