@@ -245,3 +245,18 @@ def test_canary_power_needs_enough_items(tmp_path: Path) -> None:
     ev = res.evidence[0]
     assert not ev.powered and res.verdict != "independent"
     assert "(not powered: 5 canary items cannot reach p < 1e-06" in ev.statement
+
+
+def test_references_that_answer_like_a_leave_the_test_unpowered(tmp_path: Path) -> None:
+    a_fn = _lm(1)
+    from modeltrace.probes.prompts import generic_prompts
+
+    prompts = generic_prompts(40, seed=0)
+    a_answers = {p: a_fn(Request(prompt=p)) for p in prompts}
+    opts = _agreement_opts(tmp_path, 40)
+    opts["references"] = [MockBackend(f"echo{i}", answer_fn=_lm(20 + i, base=a_answers)) for i in range(2)]
+    res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["output-agreement"], options=opts)
+    ev = res.evidence[0]
+    assert ev.details["min_attainable_p"] < 1e-6  # 40 prompts could reach the threshold ...
+    assert not ev.powered and ev.details["copy_control_p"] > 1e-6  # ... but not against references this close to A
+    assert "(not powered: an exact copy of A would reach only p = " in ev.statement

@@ -13,7 +13,8 @@ Rules every test here keeps (so that no p-value decides more than it can stand f
   test is skipped with the reason, before any query is spent;
 - p-values come from exact tests (binomial, Fisher, Poisson-binomial), never from normal tails;
 - `powered` means the smallest p-value the test can reach on this many prompts or items is below
-  the threshold (`--threshold`), and the statement gives that smallest p when it is not;
+  the threshold (`--threshold`) *and* an exact copy of A (A's own answers in B's place, scored against
+  the same references) would have been caught (`with_copy_control`); the statement says which failed;
 - a NaN p-value is an error, never p = 1 (`stats.exact.checked`);
 - `controls` re-scores the answers already collected with A's own answers in B's place: what an exact
   copy of A would have scored against the same references (a positive control that costs no query).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,24 @@ def references_missing(ctx: CompareContext) -> str | None:
         return (f"needs at least {MIN_REFERENCES} reference models known to be unrelated to A and B "
                 f"(--reference, given {n}): the null is measured on them")
     return None
+
+
+def with_copy_control(method: EvidenceMethod, ctx: CompareContext, ev: Evidence) -> Evidence:
+    """`ev`, powered only if its cheap copy control (A's own data in B's place) was detected as well.
+
+    A test whose smallest attainable p is below the threshold can still be blind here: references
+    that answer like A leave too few prompts on which even an exact copy could differ from them.
+    """
+    copies = [c for c in method.controls(ctx, ev) if c.kind == "copy"]
+    if not copies:
+        return ev
+    p = max(c.p_value for c in copies)
+    details = {**ev.details, "copy_control_p": p}
+    if not ev.powered or all(c.detected for c in copies):
+        return replace(ev, details=details)
+    return replace(ev, powered=False, details=details,
+                   statement=ev.statement + f" (not powered: an exact copy of A would reach only p = {p:.3g} "
+                                            f"here, not p < {threshold_of(ctx):g})")
 
 
 def power_note(n: int, what: str, floor_p: float, threshold: float) -> str:
@@ -158,15 +178,16 @@ class SharedMistakesMethod(EvidenceMethod):
                     "reference model got an item wrong together with A or B, so there is no measured null")
         elif not powered:
             stmt += power_note(res.both_wrong, "shared wrong items", best, threshold)
-        return Evidence(method=self.name, status="ok", statement=stmt, null_hypothesis=self.null_hypothesis,
-                        statistic=float(res.same_wrong), p_value=p_value, kind="behaviour", powered=powered,
-                        details={"items": res.n_items, "a_wrong": res.a_wrong, "b_wrong": res.b_wrong,
-                                 "both_wrong": res.both_wrong, "same_wrong": res.same_wrong,
-                                 "expected_same_wrong": res.expected_same_wrong, "scored": res.scored,
-                                 "both_right": res.both_right, "references": len(refs), "null": res.null,
-                                 "reference_pairs": res.reference_pairs, "min_attainable_p": best,
-                                 "queries": 2 * len(ps.items) + len(refs) * len(ps.items),
-                                 "examples": res.examples})
+        ev = Evidence(method=self.name, status="ok", statement=stmt, null_hypothesis=self.null_hypothesis,
+                      statistic=float(res.same_wrong), p_value=p_value, kind="behaviour", powered=powered,
+                      details={"items": res.n_items, "a_wrong": res.a_wrong, "b_wrong": res.b_wrong,
+                               "both_wrong": res.both_wrong, "same_wrong": res.same_wrong,
+                               "expected_same_wrong": res.expected_same_wrong, "scored": res.scored,
+                               "both_right": res.both_right, "references": len(refs), "null": res.null,
+                               "reference_pairs": res.reference_pairs, "min_attainable_p": best,
+                               "queries": 2 * len(ps.items) + len(refs) * len(ps.items),
+                               "examples": res.examples})
+        return with_copy_control(self, ctx, ev)
 
     def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
         got = ctx.shared.get(f"{self.name}:answers")
@@ -280,10 +301,11 @@ class OutputAgreementMethod(GenericPromptMethod):
                 f"{len(refs)} unrelated reference model(s) agrees with A or B on {best}/{n}")
         if not powered:
             stmt += power_note(n, "prompts", floor_p, threshold)
-        return Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
-                        statistic=k_ab / n, null_hypothesis=self.null_hypothesis, statement=stmt,
-                        details={"prompts": n, "agree": k_ab, "references": tests, "min_attainable_p": floor_p,
-                                 "queries": (2 + len(refs)) * n})
+        ev = Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
+                      statistic=k_ab / n, null_hypothesis=self.null_hypothesis, statement=stmt,
+                      details={"prompts": n, "agree": k_ab, "references": tests, "min_attainable_p": floor_p,
+                               "queries": (2 + len(refs)) * n})
+        return with_copy_control(self, ctx, ev)
 
     def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
         got = ctx.shared.get(f"{self.name}:outputs")
@@ -338,10 +360,11 @@ class CanaryRecallMethod(EvidenceMethod):
                 f"(A: {right_a}; guessing: {chance * len(items):.1f})")
         if not powered:
             stmt += power_note(len(items), "canary items", floor_p, threshold)
-        return Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
-                        statistic=right_b / len(items), null_hypothesis=self.null_hypothesis, statement=stmt,
-                        details={"items": len(items), "b_right": right_b, "a_right": right_a,
-                                 "chance_rate": chance, "min_attainable_p": floor_p, "queries": 2 * len(items)})
+        ev = Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
+                      statistic=right_b / len(items), null_hypothesis=self.null_hypothesis, statement=stmt,
+                      details={"items": len(items), "b_right": right_b, "a_right": right_a,
+                               "chance_rate": chance, "min_attainable_p": floor_p, "queries": 2 * len(items)})
+        return with_copy_control(self, ctx, ev)
 
     def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
         """A copy of A would know what A knows: the same test on A's own answers."""

@@ -42,6 +42,7 @@ from modeltrace.evidence.behaviour import (
     references,
     references_missing,
     threshold_of,
+    with_copy_control,
 )
 from modeltrace.probes.prompts import generic_prompts
 from modeltrace.stats.exact import checked, sign_test_floor, sign_test_p
@@ -182,9 +183,10 @@ class LogprobSimilarityMethod(GenericPromptMethod):
                 "on most prompts)")
         if not powered:
             stmt += power_note(used, "prompts", floor_p, threshold)
-        return Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
-                        statistic=float(d_ab.mean()), null_hypothesis=self.null_hypothesis, statement=stmt,
-                        details=details)
+        ev = Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
+                      statistic=float(d_ab.mean()), null_hypothesis=self.null_hypothesis, statement=stmt,
+                      details=details)
+        return with_copy_control(self, ctx, ev)
 
     def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
         """A copy of A (rank distance 0 on every prompt) against the same references and prompts."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modeltrace.evidence.base import CompareContext, ControlOutcome, Evidence, EvidenceMethod
-from modeltrace.evidence.behaviour import power_note, references_missing, threshold_of
+from modeltrace.evidence.behaviour import power_note, references_missing, threshold_of, with_copy_control
 from modeltrace.probes.prompts import generic_prompts
 from modeltrace.stats.combine import fisher
 from modeltrace.stats.exact import checked, sign_test_floor, sign_test_p
@@ -332,9 +332,10 @@ class RepresentationCKAMethod(EvidenceMethod):
                 f"of that on most blocks of {CKA_BLOCK} prompts)")
         if not powered:
             stmt += power_note(n_blocks, f"blocks of {CKA_BLOCK} prompts", floor_p, threshold)
-        return Evidence(method=self.name, status="ok", kind="representation", powered=powered, p_value=p,
-                        statistic=float(np.mean(ckas)), null_hypothesis=self.null_hypothesis, details=details,
-                        statement=stmt)
+        ev = Evidence(method=self.name, status="ok", kind="representation", powered=powered, p_value=p,
+                      statistic=float(np.mean(ckas)), null_hypothesis=self.null_hypothesis, details=details,
+                      statement=stmt)
+        return with_copy_control(self, ctx, ev)
 
     def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
         """A copy of A (its own hidden states in B's place) against the same references and blocks."""
