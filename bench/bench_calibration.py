@@ -172,11 +172,15 @@ def qq_plot(ps: dict[str, np.ndarray], path: Path) -> None:
 
 
 def git_commit() -> str:
+    """HEAD, with "+dirty" when tracked files differ from it (read at start: the code that runs is that tree's)."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def main() -> None:
@@ -186,6 +190,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "calibration.json")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks" / "img" / "calibration_qq.png")
     args = ap.parse_args()
+    commit = git_commit()
     args.cache.mkdir(parents=True, exist_ok=True)
     log = args.cache / "results.jsonl"
     done: dict[int, dict[str, Any]] = {}
@@ -208,7 +213,9 @@ def main() -> None:
             if (k + 1) % 100 == 0:
                 print(f"{k + 1} pairs, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     rows = [done[k] for k in range(args.pairs)]
-    result: dict[str, Any] = {"pairs": args.pairs, "commit": git_commit(), "levels": list(LEVELS),
+    elapsed = time.perf_counter() - t0
+    result: dict[str, Any] = {"pairs": args.pairs, "commit": commit, "elapsed_s": round(elapsed, 1),
+                              "cpu_s": round(time.process_time(), 1), "levels": list(LEVELS),
                               "model": {"hidden": HIDDEN, "ff": FF, "heads": HEADS, "layers": LAYERS, "vocab": VOCAB,
                                         "steps": STEPS, "batch": BATCH, "seq": SEQ, "lr": LR, "seed0": SEED0},
                               "methods": {}}
@@ -225,7 +232,7 @@ def main() -> None:
     qq_plot(arrays, args.plot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"commit {result['commit']}, {args.pairs} pairs")
+    print(f"commit {result['commit']}, {args.pairs} pairs, {elapsed:.0f} s wall, {result['cpu_s']:.0f} s CPU")
     print("| test | level | below | rate | 95 % CI (Clopper-Pearson) | consistent |")
     print("|---|---|---|---|---|---|")
     for name, m in result["methods"].items():
