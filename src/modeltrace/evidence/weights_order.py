@@ -92,8 +92,8 @@ class WeightOrderMethod(EvidenceMethod):
             mlp = [x for x in tested if x["component"] != "residual"]
             if mlp:
                 details["mlp_kept_fraction"] = round(float(np.mean([x["n_b"] / x["n_a"] for x in mlp])), 4)
-            statement += (f"; B keeps {widths.d_b} of A's {widths.d_a} residual dimensions"
-                          f" ({len(widths.sel_a)} paired)")
+            statement += (f"; residual widths A {widths.d_a}, B {widths.d_b} ({len(widths.sel_a)} dimensions paired, "
+                          f"{widths.confident} confidently)")
         if not powered:
             statement += f" (too few matched units to reach p < {threshold:g}: best attainable {best:.3g})"
             details["reason"] = "too few matched units"
