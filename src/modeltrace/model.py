@@ -82,7 +82,8 @@ class Model:
     # --- weights -------------------------------------------------------------------------
     @property
     def source(self) -> TensorSource:
-        """All weights as one source (shards and sub-module folders merged)."""
+        """All weights as one source: shards and sub-module folders merged, separate networks (files whose
+        names collide, several ONNX graphs, diffusers sub-folders) as components under ``name/`` prefixes."""
         if self._source is None:
             if not self.weight_files:
                 raise FormatError(self.root, "no weight files found (looked for safetensors, .bin/.pt/.pth, "

@@ -50,6 +50,10 @@ API used by the evidence and diagnosis methods::
     m.prefix_map                                  # condensed: A prefix -> B prefix
     m.transforms                                  # Transform(kind in rename/transpose/fuse) found
     m.hidden_size                                 # A's residual width when a token embedding is paired
+    m.nonfinite                                   # {"a": {name: count}, "b": {...}}: NaN/Inf zeroed on reading
+    m.finite(side, name, arr)                     # the same zeroing for arrays read elsewhere
+
+Excluded names (`exclude_a`, `exclude_b`: fixed buffers the caller detected) are never paired.
 """
 
 from __future__ import annotations
