@@ -4,6 +4,7 @@ Builds every case from the tiny Llama of tests/weights/tinytrain.py (trained in 
 CPU) and prints Markdown tables for docs/benchmarks/shapes.md:
 
     PYTHONPATH=src python bench/bench_shapes.py [--seeds 3]
+    PYTHONPATH=src python bench/bench_shapes.py --realmodels /path/to/realmodels   # real models of different widths
 """
 
 from __future__ import annotations
@@ -117,10 +118,33 @@ def kept_attention(root: Path, seeds: int) -> None:
               f"{_p(res, 'weight-identity')} |")
 
 
+REAL_PAIRS = (("smollm2-135m-instruct-q4_1", "gemma-3-270m-q4_k_m"),
+              ("gemma-3-270m-q4_k_m", "qwen2.5-coder-0.5b-instruct-awq-q4_k_m"),
+              ("smollm2-135m-instruct-q4_1", "qwen2.5-coder-0.5b-instruct-awq-q4_k_m"))
+
+
+def real(root: Path) -> None:
+    print("| A | B | widths (A, B) | dims paired (confident) | verdict | weight-order p (powered) | "
+          "weight-permutation p | weight-heads |")
+    print("|---|---|---|---|---|---|---|---|")
+    for a, b in REAL_PAIRS:
+        res = _run(root / a, root / b)
+        e = res["weight-order"]
+        w = getattr(e, "details", {}).get("widths", {})
+        heads = res["weight-heads"]
+        print(f"| {a} | {b} | {w.get('d_a')}, {w.get('d_b')} | {w.get('paired_dims')} ({w.get('confident_dims')}) | "
+              f"{res['verdict']} | {_p(res, 'weight-order')} | {_p(res, 'weight-permutation')} | "
+              f"{getattr(heads, 'statement', '')} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--realmodels", type=Path, help="measure only the real models of different widths in this folder")
     args = ap.parse_args()
+    if args.realmodels is not None:
+        real(args.realmodels)
+        return
     base = tt.train(seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
