@@ -96,3 +96,17 @@ def test_repeated_block_under_an_unknown_scheme_is_mapped(model_dir, base_state)
     assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(0, 0), (1, 1), (2, 1)]
     perm = next(e for e in r.evidence if e.method == "weight-permutation")
     assert [(x["b_layer"], x["a_layer"]) for x in perm.details["layers"]] == [(0, 0), (1, 1), (2, 1)]
+
+
+def test_unknown_scheme_on_the_a_side_is_paired_too(shell_dirs: tuple[Path, Path]) -> None:
+    a, b = shell_dirs
+    with Model.open(str(b)) as mb, Model.open(str(a)) as ma:
+        m = match_models(mb, ma)  # the custom layout is now A
+        got = {p.b: p.a + (f"[{p.a_rows[0]}:{p.a_rows[1]}]" if p.a_rows else "") for p in m.pairs}
+        assert got == expected_pairs()
+        assert m.unmatched_a == () and m.unmatched_b == ()
+        for p in m.pairs:
+            assert m.read_a(p).shape == m.read_b(p).shape == p.shape
+        r = compare(mb, ma, methods=["weight-match", "weight-identity", "weight-permutation"])
+    assert r.verdict == "derived" and r.p_value < 1e-6
+    assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(0, 1), (1, 0)]

@@ -698,6 +698,13 @@ def match_sources(sa: TensorSource, sb: TensorSource, *, exclude_a: frozenset[st
     STFT bases or sinusoidal position tables, which agree in unrelated models); they are not listed
     as unmatched either.
     """
+    ia = [n for n, i in sa.infos().items() if _usable(i) and n not in exclude_a]
+    ib = [n for n, i in sb.infos().items() if _usable(i) and n not in exclude_b]
+    known_a = sum(1 for r in assign_roles(ia).values() if r.kind != "other")
+    known_b = sum(1 for r in assign_roles(ib).values() if r.kind != "other")
+    if 2 * known_a < known_b and known_a < 0.5 * len(ia):
+        # A's names are the unknown ones: pair from B's side (whose roles say what each tensor is), then flip
+        return _flip(match_sources(sb, sa, exclude_a=exclude_b, exclude_b=exclude_a))
     bld = _Builder(sa, sb, frozenset(exclude_a), frozenset(exclude_b))
     bld.by_name()
     prefix_map = bld.by_prefix()
@@ -734,6 +741,27 @@ def match_sources(sa: TensorSource, sb: TensorSource, *, exclude_a: frozenset[st
     return Matching(a_source=sa, b_source=sb, pairs=tuple(pairs), unmatched_a=tuple(bld.A.free),
                     unmatched_b=tuple(bld.B.free), rename_map=rename_map, prefix_map=prefix_map,
                     transforms=tuple(transforms), hidden_size=hidden, view_a=view_a, view_b=view_b)
+
+
+def _flip(m: Matching) -> Matching:
+    """The same matching seen from the other side (B becomes A); every piece is already in the (out, in)
+    layout of the side whose names were understood, so shapes and orientations carry over."""
+    pairs = tuple(TensorPair(a=p.b, b=p.a, key=p.key, component=p.component, layer=p.layer, kind=p.kind,
+                             param=p.param, shape=p.shape, a_rows=p.b_rows, b_rows=p.a_rows,
+                             a_transpose=p.b_transpose, b_transpose=p.a_transpose, how=p.how) for p in m.pairs)
+    transforms = []
+    for t in m.transforms:
+        est = dict(t.estimates)
+        if t.kind == "fuse":
+            est["tensors"] = [("A:" + x[2:]) if x.startswith("B:") else ("B:" + x[2:]) for x in est.get("tensors", [])]
+        if t.kind == "rename" and "content" in est:
+            est["content"] = {("a_block_map" if k == "block_map" else k): v for k, v in est["content"].items()
+                              if k != "examples"}
+        transforms.append(Transform(t.kind, t.summary.replace("in B relative to A", "in A relative to B"), est))
+    return Matching(a_source=m.b_source, b_source=m.a_source, pairs=pairs, unmatched_a=m.unmatched_b,
+                    unmatched_b=m.unmatched_a, rename_map={p.a: p.b for p in pairs if p.a != p.b},
+                    prefix_map={v: k for k, v in m.prefix_map.items()}, transforms=tuple(transforms),
+                    hidden_size=m.hidden_size, view_a=m.view_b, view_b=m.view_a)
 
 
 def match_models(a: Model, b: Model, *, exclude_a: frozenset[str] = frozenset(),
