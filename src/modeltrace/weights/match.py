@@ -506,14 +506,16 @@ class _Builder:
             return c if rows is None else (rows[1] - rows[0],) + c[1:]
 
         def sq_mlp(n: str) -> bool:
-            r, shape = self.A.role(n), sig_a[n].shape
-            return len(shape) == 2 and shape[0] == shape[1] and r is not None and r.kind.startswith("mlp")
+            """Square matrices: their orientation is voted, never read from content (see the module doc)."""
+            shape = sig_a[n].shape
+            return len(shape) == 2 and shape[0] == shape[1]
 
         mats = [n for n in fa if len(sig_a[n].shape) >= 2]
-        # square MLP matrices last: their orientation is the vote of the non-square pairs
+        # square matrices last: their orientation is the vote of the non-square pairs
         groups = sorted({(sq_mlp(n), sig_a[n].shape) for n in mats})
         for sq, shape in groups:
             flip = votes[True] > votes[False]
+            voted = sq and sum(votes.values()) > 0  # with no non-square pair to vote, content decides
             for _ in range(3):  # again when the two orientations of one square tensor both won
                 la = [n for n in mats if sig_a[n].shape == shape and sq_mlp(n) == sq and n in self.A.free]
                 lb = [k for k in range(len(cands)) if k not in taken and k not in dropped
@@ -524,7 +526,7 @@ class _Builder:
                 mat = np.full((len(la), len(lb)), -1.0)
                 for i, n in enumerate(la):
                     for j, k in enumerate(lb):
-                        if sq and cands[k][2] != (self.A.a_t(n) ^ flip):
+                        if voted and cands[k][1] is None and cands[k][2] != (self.A.a_t(n) ^ flip):
                             continue
                         sb_ = sig_b.get((k, a_axis(n)))
                         if sb_ is not None:
