@@ -198,6 +198,8 @@ def _choose_weights(root: Path, files: list[Path]) -> list[Path]:
             return shards + _submodule_weights(root, files)
     for suffixes in ((".safetensors",), (".bin", ".pt", ".pth", ".ckpt"), (".gguf",), (".onnx",)):
         chosen = [p for p in top if p.suffix in suffixes and not p.name.startswith("training_args")]
+        if suffixes == (".onnx",):  # quantized or cached variants of a graph are not further graphs
+            chosen = [p for p in chosen if not any(v in p.stem for v in ONNX_VARIANTS)] or chosen[:1]
         if chosen:
             return sorted(chosen) + _submodule_weights(root, files)
     # no weights on top: ONNX exports often live in onnx/, single sub-folder layouts otherwise
