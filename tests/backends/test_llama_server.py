@@ -2,7 +2,7 @@
 
 The servers are started as subprocesses on free loopback ports, polled until ready (bounded), shared by
 the tests of this module and always stopped at its end. Without `llama_cpp` (the package did not build)
-or without the real model files the tests skip and say why.
+or without the real model files the tests skip and say why; under CI=true such a skip is a failure.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from modeltrace.errors import BackendError
 from modeltrace.probes.prompts import generic_prompts
 from modeltrace.stats.mmd import mmd_test
 
+pytestmark = pytest.mark.llama  # under CI=true a skip here (no server, no model) is a failure (tests/conftest.py)
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 MODELS = {  # alias -> GGUF file inside the realmodels folder
     "smollm": "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf",

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modeltrace.artifacts.code import (
+    CloneBudget,
     FilePairSimilarity,
     compare_code,
     load_files,
@@ -23,12 +24,12 @@ MAX_REPORTED_REGIONS = 8
 CLONE_ALPHA = 0.01  # file pairs this unlikely under the null feed the rename map and regions
 
 
-def powered_threshold() -> float:
-    """The verdict threshold compare uses by default: a test whose smallest possible p-value is above
-    it cannot decide on its own, so it reports powered=False."""
+def powered_threshold(ctx: CompareContext) -> float:
+    """The verdict threshold of this compare (`--threshold`): a test whose smallest possible p-value is
+    above it cannot decide on its own, so it reports powered=False."""
     from modeltrace.compare import DEFAULT_THRESHOLD
 
-    return DEFAULT_THRESHOLD
+    return float(ctx.options.get("threshold", DEFAULT_THRESHOLD))
 
 
 def _files(model: Model, extra: list[str]) -> list[tuple[Path, str]]:
@@ -83,13 +84,14 @@ class CodeCloneMethod(EvidenceMethod):
 
     def run(self, ctx: CompareContext) -> Evidence:
         ea, eb = _extra(ctx.options)
-        prints_a, skipped_a = load_files(_files(ctx.a, ea))
-        prints_b, skipped_b = load_files(_files(ctx.b, eb))
+        budget = CloneBudget()  # one budget of size, count and time for the whole method (artifacts.code)
+        prints_a, skipped_a = load_files(_files(ctx.a, ea), budget)
+        prints_b, skipped_b = load_files(_files(ctx.b, eb), budget)
         skipped = [f"A: {s}" for s in skipped_a] + [f"B: {s}" for s in skipped_b]
         if not prints_a or not prints_b:
             return Evidence.skipped(self.name, "no parseable Python files on one side: " + "; ".join(
                 escape(s) for s in skipped[:4]), kind=self.kind)
-        cmp = compare_code(prints_a, prints_b, skipped)
+        cmp = compare_code(prints_a, prints_b, skipped, budget)
         null = null_sample()
         n_pairs = cmp.n_pairs
         if not cmp.pairs:
@@ -126,7 +128,7 @@ class CodeCloneMethod(EvidenceMethod):
         }
         return Evidence(method=self.name, status="ok", statement=statement, null_hypothesis=self.null_hypothesis,
                         statistic=best.similarity, p_value=p, kind=self.kind,
-                        powered=floor is not None and floor <= powered_threshold(), details=details)
+                        powered=floor is not None and floor <= powered_threshold(ctx), details=details)
 
     @staticmethod
     def _pair(q: FilePairSimilarity, p: float | None) -> dict[str, Any]:
