@@ -322,7 +322,7 @@ def test_probe_run_cli_on_real_servers(smollm: str, gemma: str, tmp_path: Path) 
 def test_logprob_similarity_cli_on_real_servers(smollm: str, gemma: str, qwen: str, tmp_path: Path) -> None:
     """Next-token log-probabilities from real endpoints: one model under two names is caught, two unrelated are not."""
     runner = CliRunner()
-    common = ["--behaviour", "--method", "logprob-similarity", "--prompts", "24", "--top-logprobs", "10",
+    common = ["--behaviour", "--method", "logprob-similarity", "--prompts", "64", "--top-logprobs", "10",
               "--cache", str(tmp_path / "c.sqlite"), "--json"]
     refs = ["--reference", f"{gemma}/v1#gemma", "--reference", f"{qwen}/v1#qwen"]
     same = runner.invoke(cli, ["compare", f"{smollm}/v1#smollm", f"openai:{smollm}#smollm-again", *refs, *common])
@@ -331,7 +331,7 @@ def test_logprob_similarity_cli_on_real_servers(smollm: str, gemma: str, qwen: s
     (ev,) = s["evidence"]
     assert ev["status"] == "ok" and ev["details"]["top_logprobs"] == 10, ev
     assert ev["details"]["distance"] < 0.05 and s["verdict"] == "derived", ev["statement"]
-    assert ev["details"]["queries"] == 4 * 24
+    assert ev["details"]["queries"] == 4 * 64
 
     # the chat endpoint (first assistant token under each model's chat template) works the same way
     chat = runner.invoke(cli, ["compare", f"{smollm}/v1#smollm", f"openai:{smollm}#smollm-again", *refs, *common,
