@@ -83,7 +83,10 @@ def _renamed(a: str, b: str) -> tuple[Cell, Cell]:
     k = 0
     while k < min(len(a), len(b)) and a[len(a) - 1 - k] == b[len(b) - 1 - k]:
         k += 1
-    return Cell(a, "mono"), Cell(b, "mono", (0, len(b) - k) if len(b) - k > 0 else None)
+    j = len(b) - k
+    if 0 < j < len(b) and b[j] == ".":  # end the highlight on a name boundary
+        j += 1
+    return Cell(a, "mono"), Cell(b, "mono", (0, j) if j > 0 else None)
 
 
 def build(report: Report, with_plots: bool = True) -> Document:

@@ -12,7 +12,7 @@ from typing import Any
 
 from modeltrace.report.model import EvidenceRow, Report
 
-COMPONENT_WORDS = {"language_model": "language model", "vision_tower": "vision tower", "projector": "projector",
+COMPONENT_WORDS = {"other": "remaining weights", "language_model": "language model", "vision_tower": "vision tower", "projector": "projector",
                    "audio_tower": "audio tower", "backbone": "backbone"}
 
 
@@ -112,7 +112,9 @@ def _names_sentence(report: Report) -> str | None:
     pm = (t or {}).get("prefix_map") or {}
     if not pm:
         return None
-    return "B renames A's tensor prefixes " + _join([f"'{a}' to '{b}'" for a, b in list(pm.items())[:4]]) + "."
+    words = [f"adds the prefix '{b}' to A's tensor names" if not a else f"renames A's prefix '{a}' to '{b}'"
+             for a, b in list(pm.items())[:4]]
+    return "B " + _join(words) + "."
 
 
 def summary(report: Report) -> list[str]:
@@ -131,10 +133,34 @@ def summary(report: Report) -> list[str]:
     return out
 
 
+def shared_not_decisive(report: Report) -> str | None:
+    """For a verdict other than derived: what A and B share that independent models also share."""
+    shared = []
+    cfg = report.method("config-match")
+    if cfg is not None and cfg.status == "ok" and cfg.statistic is not None and cfg.statistic >= 0.999:
+        shared.append("their architecture (config-match: every normalized hyperparameter equal)")
+    tok = report.method("tokenizer-match")
+    if tok is not None and tok.status == "ok":
+        j = tok.details.get("jaccard")
+        if isinstance(j, int | float) and j >= 0.5:
+            shared.append(f"most of their tokenizer vocabulary (Jaccard overlap {float(j):.3f})")
+    code = report.method("code-clone")
+    if code is not None and code.status == "ok" and code.details.get("pairs"):
+        p = "" if code.p_value is None else f", {p_is(code.p_value)}, not below the threshold {report.threshold:g}"
+        shared.append(f"modelling code (code-clone{p})")
+    if not shared:
+        return None
+    return ("A and B share " + _join(shared) + ". Models trained separately from the same open-source code and "
+            "tokenizer share these too, so on their own they are not evidence that B's weights come from A.")
+
+
 def not_derived_notes(report: Report) -> list[str]:
     """What was tested, what was not, and what would have been detected."""
     tested = [e for e in report.evidence if e.tested]
     out = []
+    shared = shared_not_decisive(report)
+    if shared:
+        out.append(shared)
     if tested:
         out.append("Tested: " + "; ".join(
             f"{e.method} ({p_is(e.p_value)}{'' if e.powered else ', low power'})" for e in tested) + ".")
