@@ -9,15 +9,15 @@ on the shell's side that file disguised (identifiers renamed), as `make demo` do
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from st_builders import LLAMA_CONFIG, tiny_llama, tokenizer_json, write_safetensors
 
 from modeltrace.cli import cli
-from st_builders import LLAMA_CONFIG, tiny_llama, tokenizer_json, write_safetensors
 
 HOSTILE_A = "<script>alert(1)</script>"
 HOSTILE_B = "[click](http://evil/x)|**b**$\\frac{1}{2}$<img src=x onerror=alert(2)>`x`"
@@ -96,3 +96,23 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (code / HOSTILE_FILE).write_text(f"def f():\n    return '{HOSTILE_A}'\n")
     return compare_to_files(root / "a", root / "b", root / "out", "--code", f"a={code / HOSTILE_FILE}",
                             "--code", f"b={code / HOSTILE_FILE}")
+
+
+@dataclass(frozen=True)
+class Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_main(args: list[str]) -> Ran:
+    """The `modeltrace` entry point (with its error boundary) with its streams captured."""
+    from modeltrace.cli import main
+
+    with CliRunner().isolation() as (out, err, _):
+        try:
+            ret = main(args)  # a command's ctx.exit(n) comes back as the return value, as the entry point sees it
+            code = ret if isinstance(ret, int) else 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        return Ran(code, out.getvalue().decode(), err.getvalue().decode())

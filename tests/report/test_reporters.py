@@ -56,7 +56,7 @@ def test_html_shows_the_evidence_a_dispute_needs(seed_copy: dict[str, Path]) -> 
 def test_markdown_has_the_same_sections_and_writes_its_pictures_beside_it(seed_copy: dict[str, Path]) -> None:
     md = seed_copy["md"].read_text(encoding="utf-8")
     html = seed_copy["html"].read_text(encoding="utf-8")
-    assert re.findall(r"^## (.+)$", md, flags=re.M) == re.findall(r"<h2>([^<]+)</h2>", html)
+    assert re.findall(r"^## (.+)$", md, flags=re.MULTILINE) == re.findall(r"<h2>([^<]+)</h2>", html)
     pics = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert [Path(p).stem for p in pics] == COPY_FIGURES
     for p in pics:
