@@ -45,7 +45,7 @@ class Chromium:
 
         self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=fds, pass_fds=(3, 4, *keep))
+                                     preexec_fn=fds, pass_fds=(3, 4, *keep))  # noqa: PLW1509 - no threads here
         for fd in (to_child_r, from_child_w, *keep):
             os.close(fd)
         self._buf = b""

@@ -46,6 +46,9 @@ def test_html_shows_the_evidence_a_dispute_needs(seed_copy: dict[str, Path]) -> 
     assert re.search(r'<td class="mono">&lt;image&gt;</td><td>512</td><td>512</td><td class="same">same id</td>', html)
     # code clones: the identifier rename map, highlighted
     assert '<td class="mono">VisionTower</td><td class="mono"><mark>VisualEncoder</mark></td>' in html
+    # the clone regions as code, side by side, renamed identifiers highlighted on both sides
+    assert html.count('<div class="codepair">') == 2
+    assert "class <mark>VisionTower</mark>(nn.Module):" in html and "class <mark>VisualEncoder</mark>(nn.Module):" in html
     # tensor rename map, the renamed prefix highlighted
     assert '<td class="mono"><mark>vison.</mark>encoder.layers.0.mlp.fc1.weight</td>' in html
     assert "Gaussian noise was fitted with std" in html  # the B - A histogram against the fitted noise
@@ -62,6 +65,7 @@ def test_markdown_has_the_same_sections_and_writes_its_pictures_beside_it(seed_c
     for p in pics:
         assert (seed_copy["md"].parent / p).read_bytes().startswith(b"\x89PNG")
     assert "\\<image\\>" not in md and "&lt;image&gt;" in md
+    assert "```text\nclass VisualEncoder(nn.Module):" in md or "class VisualEncoder(nn.Module):" in md
 
 
 def test_json_reporter_writes_the_canonical_object(seed_copy: dict[str, Path], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from modeltrace.report.model import Report
 from modeltrace.report.plots import Plot, all_plots
 from modeltrace.report.summary import detection_sentence, fmt_p, p_is, summary
+from modeltrace.textsafe import escape
 
 Mark = Literal["", "same", "diff", "hl", "muted", "mono"]
 MAX_ROWS = 200
@@ -46,7 +47,21 @@ class Image:
     plot: Plot
 
 
-Block = Para | Table | Image
+@dataclass(frozen=True)
+class CodePair:
+    """Two code excerpts side by side; identifiers in `marks_a` / `marks_b` are highlighted."""
+
+    title_a: str
+    title_b: str
+    lines_a: tuple[str, ...]
+    lines_b: tuple[str, ...]
+    first_a: int
+    first_b: int
+    marks_a: frozenset[str]
+    marks_b: frozenset[str]
+
+
+Block = Para | Table | Image | CodePair
 
 
 @dataclass(frozen=True)
@@ -105,8 +120,15 @@ def build(report: Report, with_plots: bool = True) -> Document:
                   "No test with a known null distribution ran; the descriptive findings above have none."),
         _provenance(report),
     ]
-    return Document(title=f"modeltrace: is {report.b} derived from {report.a}?", verdict=report.verdict,
+    return Document(title=f"modeltrace: is {_short(report.b)} derived from {_short(report.a)}?", verdict=report.verdict,
                     sections=tuple(s for s in sections if s is not None))
+
+
+def _short(ref: str) -> str:
+    """A model's name for a title: the last part of a path, the whole of anything else (hf:org/name)."""
+    if ref.startswith(("hf:", "http:", "https:", "openai:")):
+        return ref
+    return ref.rstrip("/").rsplit("/", 1)[-1] or ref
 
 
 def _verdict(r: Report) -> Section:
@@ -230,17 +252,28 @@ def _code(r: Report) -> Section:
                                _c(f"{float(p['similarity']):.0%}" if isinstance(p.get("similarity"), int | float)
                                   else None), _c(p.get("matched_tokens")), _c(fmt_p(p.get("p_uncorrected")))]
                               for p in pairs], "File pairs that share code, most significant first."))
+    renames = d.get("rename_map") or {}
+    renames = renames if isinstance(renames, dict) else {}
+    for sn in [x for x in d.get("clone_snippets") or [] if isinstance(x, dict)]:
+        blocks.append(CodePair(f"A: {sn.get('a')}", f"B: {sn.get('b')}", _code_lines(sn.get("a_text")),
+                               _code_lines(sn.get("b_text")), int(sn.get("a_first_line") or 1),
+                               int(sn.get("b_first_line") or 1), frozenset(map(str, renames)),
+                               frozenset(map(str, renames.values()))))
     regions = [g for g in d.get("clone_regions") or [] if isinstance(g, dict)]
     if regions:
         blocks.append(_table(["region in A", "region in B", "shared tokens"],
                              [[_c(g.get("a"), "mono"), _c(g.get("b"), "mono"), _c(g.get("tokens"))] for g in regions],
                              "The same code, side by side: file and line range on each side."))
-    renames = d.get("rename_map") or {}
-    if isinstance(renames, dict) and renames:
+    if renames:
         blocks.append(_table(["identifier in A", "renamed in B"],
                              [[Cell(str(a), "mono"), Cell(str(b), "mono", (0, len(str(b))))] for a, b in renames.items()],
                              "Identifiers the copy renamed while keeping the code's structure."))
     return Section("code", "Code clones side by side", tuple(blocks))
+
+
+def _code_lines(text: object, limit: int = 60) -> tuple[str, ...]:
+    """Code from a model, line by line, with control and bidi characters made visible (Trojan Source)."""
+    return tuple(escape(line, limit=400) for line in str(text or "").split("\n")[:limit])
 
 
 def _renames(r: Report) -> Section:

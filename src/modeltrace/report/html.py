@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import re
 from pathlib import Path
 from typing import ClassVar
 
-from modeltrace.report.document import Block, Cell, Document, Image, Para, Table, build
+from modeltrace.report.document import Block, Cell, CodePair, Document, Image, Para, Table, build
 from modeltrace.report.model import Report
 
 CSS = """
@@ -52,6 +53,13 @@ td.muted { color: var(--muted); }
 figure { margin: 14px 0 18px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
+.codepair { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; margin: 12px 0; }
+.codepair > div { min-width: 0; }
+.codehead { font-size: 12.5px; color: var(--muted); margin-bottom: 2px; overflow-wrap: anywhere; }
+pre { margin: 0; padding: 8px 10px; background: var(--soft); border: 1px solid var(--line); border-radius: 6px;
+      font: 11.5px/1.45 ui-monospace, "DejaVu Sans Mono", "Liberation Mono", monospace; overflow-x: auto;
+      max-height: 520px; }
+pre .ln { display: inline-block; width: 3.2em; color: #a0a0a8; user-select: none; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
@@ -75,6 +83,18 @@ def _cell(c: Cell, tag: str = "td") -> str:
     return f"<{tag}{cls}>{_e(c.text[:i])}<mark>{_e(c.text[i:j])}</mark>{_e(c.text[j:])}</{tag}>"
 
 
+_IDENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _code(lines: tuple[str, ...], first: int, marks: frozenset[str]) -> str:
+    rows = []
+    for k, line in enumerate(lines):
+        parts = _IDENT.split(line)
+        body = "".join(f"<mark>{_e(p)}</mark>" if i % 2 and p in marks else _e(p) for i, p in enumerate(parts))
+        rows.append(f'<span class="ln">{first + k}</span>{body}')
+    return "<pre>" + "\n".join(rows) + "</pre>"
+
+
 def _block(b: Block) -> str:
     if isinstance(b, Para):
         cls = f' class="{b.style}"' if b.style else ""
@@ -88,6 +108,10 @@ def _block(b: Block) -> str:
         if b.fold:
             return f"<details><summary>Show all {len(b.rows)} rows</summary>{table}</details>"
         return table
+    if isinstance(b, CodePair):
+        return (f'<div class="codepair"><div><div class="codehead">{_e(b.title_a)}</div>'
+                f"{_code(b.lines_a, b.first_a, b.marks_a)}</div><div><div class=\"codehead\">{_e(b.title_b)}</div>"
+                f"{_code(b.lines_b, b.first_b, b.marks_b)}</div></div>")
     assert isinstance(b, Image)
     data = base64.b64encode(b.plot.png).decode("ascii")
     return (f'<figure id="fig-{_e(b.plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(b.plot.alt)}">'

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
-from modeltrace.report.document import Block, Cell, Document, Image, Para, Table, build
+from modeltrace.report.document import Block, Cell, CodePair, Document, Image, Para, Table, build
 from modeltrace.report.model import Report
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~^=])")
@@ -34,6 +34,14 @@ def _cell(c: Cell) -> str:
     return md_escape(c.text[:i]) + f"**{md_escape(c.text[i:j])}**" + md_escape(c.text[j:])
 
 
+def _fence(lines: tuple[str, ...]) -> str:
+    """A fenced code block that its content cannot close: the fence is longer than any backtick run in it."""
+    text = "\n".join(lines)
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
 def _block(b: Block, img_dir: str) -> str:
     if isinstance(b, Para):
         text = md_escape(b.text)
@@ -44,6 +52,9 @@ def _block(b: Block, img_dir: str) -> str:
         rows = ["| " + " | ".join(_cell(c) for c in row) + " |" for row in b.rows]
         cap = [f"*{md_escape(b.caption)}*"] if b.caption else []
         return "\n".join([head, sep, *rows, *([""] + cap if cap else [])])
+    if isinstance(b, CodePair):
+        return "\n\n".join([f"*{md_escape(b.title_a)}*", _fence(b.lines_a), f"*{md_escape(b.title_b)}*",
+                              _fence(b.lines_b)])
     assert isinstance(b, Image)
     return (f"![{md_escape(b.plot.alt)}]({quote(img_dir)}/{quote(b.plot.name)}.png)\n\n"
             f"*{md_escape(b.plot.caption)}*")
