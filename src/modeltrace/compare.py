@@ -48,6 +48,7 @@ class CompareResult:
     # set by the caller (the CLI) so `report verify` can re-run the comparison exactly
     command: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,7 +78,7 @@ class CompareResult:
             "seed": self.seed,
             "seeds": {"compare": self.seed},
             "settings": {"threshold": self.threshold, **self.settings},
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": self.created,
             "elapsed_s": round(self.elapsed_s, 3),
             "hashed": bool(hashed) and len(hashed) == len(self.inputs),
             "hash_s": round(sum(float(side.get("hash_s", 0.0)) for side in hashed), 3),
