@@ -93,3 +93,17 @@ def test_diagnosis_records_the_data_the_pictures_need(seed_copy: dict[str, Path]
     scores = d.details["layer_scores"]
     assert set(scores) == {"language_model", "vision_tower"}
     assert scores["language_model"]["scores"][0][0] == 1.0
+
+
+def test_tokenizer_section_shows_the_first_differing_merges() -> None:
+    from modeltrace.report.html import render_document
+    from modeltrace.report.model import Report
+
+    tok = {"method": "tokenizer-match", "status": "ok", "statement": "s", "details": {
+        "merges": {"a": 10, "b": 12, "identical_prefix": 7, "first_differing": {"a": ["Ġ t", "h e"], "b": ["e r"]}}}}
+    r = Report.from_json({"schema": "modeltrace.compare/1", "a": "A", "b": "B", "verdict": "inconclusive",
+                          "p_value": 1.0, "threshold": 1e-6, "reason": "r", "evidence": [tok]})
+    html = render_document(build(r, with_plots=False))
+    assert ("<tr><td>8</td><td class=\"mono\">Ġ t</td><td class=\"mono\">e r</td></tr>"
+            "<tr><td>9</td><td class=\"mono\">h e</td><td class=\"mono\">(none)</td></tr>") in html
+    assert "first 7 identical; first difference at merge #8" in html

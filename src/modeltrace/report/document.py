@@ -216,7 +216,7 @@ def _tokenizer(r: Report) -> Section:
     if isinstance(merges, dict):
         same = merges.get("identical_prefix")
         first = "none differ" if same is not None and same == merges.get("a") == merges.get("b") else (
-            f"first difference at merge #{same}" if same is not None else "-")
+            f"first difference at merge #{same + 1}" if same is not None else "-")
         facts.append([_c("merges"), _c(merges.get("a")), _c(merges.get("b")),
                       _c(f"first {same} identical; {first}", "same" if "none" in first else "diff")])
     for key, label in (("jaccard", "vocabulary overlap (Jaccard)"), ("same_id_fraction", "shared tokens at same id")):
@@ -224,6 +224,14 @@ def _tokenizer(r: Report) -> Section:
             facts.append([_c(label), _c(f"{float(d[key]):.3f}"), _c(""), _c("")])
     if facts:
         blocks.append(_table(["", "A", "B", "comparison"], facts))
+    diff = merges.get("first_differing") if isinstance(merges, dict) else None
+    if isinstance(diff, dict) and (diff.get("a") or diff.get("b")):
+        start = int(merges.get("identical_prefix") or 0) if isinstance(merges, dict) else 0
+        la, lb = list(diff.get("a") or []), list(diff.get("b") or [])
+        blocks.append(_table(["merge #", "A", "B"],
+                             [[_c(start + k + 1), _c(la[k] if k < len(la) else "(none)", "mono"),
+                               _c(lb[k] if k < len(lb) else "(none)", "mono")] for k in range(max(len(la), len(lb)))],
+                             "The first merges where the two tokenizers part: a copied tokenizer keeps A's order."))
     rows = [t for t in d.get("added_tokens_side_by_side") or [] if isinstance(t, dict)]
     if rows:
         trs = []
