@@ -164,6 +164,14 @@ def _layer_rows(e: EvidenceRow) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
+def _pair_label(r: dict[str, Any]) -> str:
+    """'language_model 0->0' for a layer pair; the tensor name when the test fell back to paired weights."""
+    if r.get("a_layer") is None and r.get("b") is not None:
+        return _label(r["b"], 32)
+    comp = _label(f"{r['component']} ", 20) if r.get("component") else ""
+    return f"{comp}{r.get('a_layer')}->{r.get('b_layer')}"
+
+
 def layer_curves(report: Report) -> Plot | None:
     """Per layer pair: the statistic (share of units) and -log10 p of the unit-matching tests."""
     series = []
@@ -180,7 +188,7 @@ def layer_curves(report: Report) -> Plot | None:
     labels: list[str] = []
     for k, (name, key, what, rows) in enumerate(series):
         xs = list(range(len(rows)))
-        labels = [_label(f"{r.get('component', '')} {r.get('a_layer')}->{r.get('b_layer')}", 28) for r in rows]
+        labels = [_pair_label(r) for r in rows]
         share = [float(r[key]) / float(r["kept"]) for r in rows]
         chance = [1.0 / float(r.get("n_b") or r["kept"]) for r in rows]
         marker, style, size = ("o", "-", 7) if k == 0 else ("s", "--", 4)
@@ -189,9 +197,10 @@ def layer_curves(report: Report) -> Plot | None:
             ax1.plot(xs, chance, linestyle=":", color=COLORS["null"], label="expected under H0 (1/n)")
         ax2.plot(xs, [_neglog(r.get("p_value")) for r in rows], marker=marker, linestyle=style, markersize=size,
                  label=name)
+    step = max(1, math.ceil(len(labels) / 16))  # at most 16 tick labels, so they stay readable
     for ax in (ax1, ax2):
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-        ax.set_xlabel("layer pair (component A->B)")
+        ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("layer pair (component A->B) or paired tensor")
     ax1.set_ylim(-0.02, 1.05)
     ax1.set_ylabel("statistic: share of sampled units (0-1)")
     ax1.legend(fontsize=7, loc="center right")
@@ -283,6 +292,9 @@ def finetune_deltas(report: Report) -> Plot | None:
                    label=f"model-level change {float(ft['rel_change']):.3g}")
         ax.legend(fontsize=7, loc="lower right")
     more = f" (the {FT_BARS} largest of {len(rows)})" if len(rows) > FT_BARS else ""
+    if not any(report.transform(k) for k in ("finetune", "noise", "lora", "merge", "quantize", "cast")):
+        more += ("; the diagnosis names no transform of A here, so these are the sizes of unrelated weights' "
+                 "differences, not of a fine-tune")
     return Plot("finetune-deltas", _png(fig), "Per-tensor size of the difference between B and A",
                 f"Relative size of B - A per tensor{more}; orange bars look like i.i.d. noise, blue ones do not.")
 
