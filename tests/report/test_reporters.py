@@ -107,3 +107,15 @@ def test_tokenizer_section_shows_the_first_differing_merges() -> None:
     assert ("<tr><td>8</td><td class=\"mono\">Ġ t</td><td class=\"mono\">e r</td></tr>"
             "<tr><td>9</td><td class=\"mono\">h e</td><td class=\"mono\">(none)</td></tr>") in html
     assert "first 7 identical; first difference at merge #8" in html
+
+
+def test_positive_controls_are_rendered_as_a_table(seed_twin: dict[str, Path]) -> None:
+    from modeltrace.report.html import render_document
+    from modeltrace.report.model import Report
+
+    obj = json.loads(seed_twin["json"].read_text())
+    obj["controls"] = [{"kind": "rotate+noise", "strength": 0.05, "method": "weight-permutation", "p_value": 1e-300,
+                        "detected": True}]
+    html = render_document(build(Report.from_json(obj), with_plots=False))
+    assert ('<tr><td class="mono">rotate+noise</td><td>0.05</td><td class="mono">weight-permutation</td>'
+            '<td>&lt; 1e-300</td><td class="same">yes</td></tr>') in html
