@@ -1,6 +1,8 @@
 """`modeltrace compare A B`: is B derived from A? The verdict first, then the evidence behind it.
 
-`--json` prints the canonical result (schema ``modeltrace.compare/1``). The exit status is 0
+`--json` prints the canonical result (schema ``modeltrace.compare/1``), `--json FILE` writes it;
+`--report FILE` and `--md FILE` write the HTML and Markdown reports rendered from it (any
+combination; writing any file turns on the sha256 of every input). The exit status is 0
 whatever the verdict; 2 for bad input (a missing file, a malformed checkpoint, an unknown method).
 """
 

@@ -27,7 +27,10 @@ class _DefaultRender(click.Group):
 
 @click.group("report", cls=_DefaultRender)
 def report() -> None:
-    """Render a saved compare result (HTML, Markdown, JSON) or verify that it reproduces."""
+    """Render a saved compare result, or verify that it reproduces.
+
+    `modeltrace report RESULT.json --html OUT.html --md OUT.md` (short for `report render ...`) rebuilds
+    the reports from the JSON alone; `modeltrace report verify RESULT.json` re-runs the comparison."""
 
 
 @report.command("render")
