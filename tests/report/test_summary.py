@@ -15,8 +15,8 @@ def test_the_copy_summary_quotes_each_kind_of_evidence(seed_copy: dict[str, Path
     text = " ".join(summary(r))
     noise = r.transform("noise")
     assert noise is not None
-    assert text.startswith("B is derived from A: the chance of this evidence if B had been trained independently "
-                           "of A is below 1e-300")
+    assert text.startswith("B is derived from A: if B had been trained independently of A, evidence this strong "
+                           "would turn up with a probability below 1e-300")
     assert (f"B's language model, projector and vision tower are A's weights with Gaussian noise of about "
             f"1/{1 / noise['sigma_rel']:.0f} of each tensor's spread added") in text
     assert "renames A's prefix 'vpm.' to 'vison.'" in text
@@ -31,7 +31,7 @@ def test_the_twin_summary_says_what_was_tested_what_not_and_why_shared_artifacts
     text = " ".join(lines)
     assert r.verdict == "independent"
     assert lines[0].startswith("No sign that B is derived from A") and "not proof" in lines[0]
-    assert "B is derived from A: the chance" not in text
+    assert "B is derived from A:" not in text.replace("No sign that B is derived from A:", "")
     assert "A and B share their architecture" in text and "not evidence that B's weights come from A" in text
     assert any(s.startswith("Tested: weight-identity (p = ") for s in lines)
     assert any(s.startswith("Not tested: ") and "--behaviour" in s for s in lines)

@@ -34,7 +34,7 @@ def p_is(p: float | None) -> str:
 
 
 def _chance(p: float) -> str:
-    return "below 1e-300" if p <= 1e-300 else f"about {fmt_p(p)}"
+    return "below 1e-300" if p <= 1e-300 else f"of about {fmt_p(p)}"
 
 
 def _join(items: list[str]) -> str:
@@ -46,8 +46,9 @@ def _join(items: list[str]) -> str:
 def headline(report: Report) -> str:
     """One sentence: the verdict with its number."""
     if report.verdict == "derived":
-        return (f"B is derived from A: the chance of this evidence if B had been trained independently of A is "
-                f"{_chance(report.p_value)} (combined over the tests that ran; threshold {report.threshold:g}).")
+        return (f"B is derived from A: if B had been trained independently of A, evidence this strong would turn up "
+                f"with a probability {_chance(report.p_value)} (combined over the tests that ran; threshold "
+                f"{report.threshold:g}).")
     if report.verdict == "independent":
         return (f"No sign that B is derived from A: the tests able to detect shared weights found nothing "
                 f"(combined {p_is(report.p_value)}, threshold {report.threshold:g}). This is absence of "
