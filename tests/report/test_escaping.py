@@ -80,7 +80,7 @@ def test_html_embeds_its_plots_and_states_the_verdict(hostile: dict[str, Path]) 
 def test_markdown_shows_hostile_text_literally(hostile: dict[str, Path]) -> None:
     md = hostile["md"].read_text(encoding="utf-8")
     assert "<" not in md and ">" not in md.replace("&gt;", "")  # no raw HTML at all
-    assert "](http" not in md and "http://" not in md  # no link or autolink can form
+    assert not re.search(r"(?<!\\)\]\(http", md) and "http://" not in md  # no link or autolink can form
     assert md_escape(HOSTILE_B) in md
     tables: list[list[str]] = [[]]
     for line in md.splitlines():
@@ -99,10 +99,19 @@ def test_markdown_shows_hostile_text_literally(hostile: dict[str, Path]) -> None
 def test_md_escape_disarms_markdown_and_html() -> None:
     assert md_escape("<script>") == "&lt;script&gt;"
     assert md_escape("a|b") == "a\\|b"
-    assert md_escape("[x](y)") == "\\[x\\]\\(y\\)"
+    assert md_escape("[x](y)") == "\\[x\\](y)"
     assert md_escape("**b** _i_ `c`") == "\\*\\*b\\*\\* \\_i\\_ \\`c\\`"
     assert md_escape("http://e.com") == "http&#58;//e.com"
     assert md_escape("line\nbreak") == "line break"
+
+
+def test_markdown_paragraphs_cannot_start_a_list_or_a_heading() -> None:
+    from modeltrace.report.markdown import _literal_line
+
+    assert _literal_line("- item") == "\\- item"
+    assert _literal_line("=====") == "\\====="
+    assert _literal_line("12. x") == "12\\. x"
+    assert _literal_line("A: - x") == "A: - x"
 
 
 def test_plots_draw_mathtext_in_names_as_text() -> None:

@@ -15,7 +15,8 @@ from urllib.parse import quote
 from modeltrace.report.document import Block, Cell, CodePair, Document, Image, Para, Table, build
 from modeltrace.report.model import Report
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~^=])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]#+!|~])")  # with [ ] escaped, ( ) cannot form a link
+_BLOCK_START = re.compile(r"^(\s*)([-=]|\d+(?=[.)]))")
 _AUTOLINK = re.compile(r"(?i)(://|www\.|@)")
 
 
@@ -42,9 +43,20 @@ def _fence(lines: tuple[str, ...]) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def _literal_line(text: str) -> str:
+    """An escaped paragraph that cannot start a list, a setext heading or a thematic break either."""
+    m = _BLOCK_START.match(text)
+    if m is None:
+        return text
+    if m.group(2).isdigit():  # "1." or "1)": escape the punctuation after the number
+        end = m.end()
+        return text[:end] + "\\" + text[end:]
+    return text[:m.start(2)] + "\\" + text[m.start(2):]
+
+
 def _block(b: Block, img_dir: str) -> str:
     if isinstance(b, Para):
-        text = md_escape(b.text)
+        text = _literal_line(md_escape(b.text))
         return f"**{text}**" if b.style == "lead" else (f"*{text}*" if b.style == "note" else text)
     if isinstance(b, Table):
         head = "| " + " | ".join(md_escape(h) or " " for h in b.headers) + " |"
