@@ -257,9 +257,11 @@ def delta_histograms(report: Report) -> Plot | None:
         ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
-        ax.legend(fontsize=6, loc="upper right")
     for ax in axes[len(picked):]:
         ax.set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # one legend for all panels, above them, clear of the bars
+        fig.legend(handles, labels, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
     cap = (f"Gaussian noise was fitted with std {fitted:.3g} x each tensor's std (about 1/{1 / fitted:.0f})."
            if fitted else "No Gaussian noise model fits B - A: the difference is as wide as the weights themselves"
            " or structured.")
