@@ -8,7 +8,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-from conftest import HOSTILE_A, HOSTILE_B, HOSTILE_FILE, HOSTILE_TOKEN
+from report_helpers import HOSTILE_A, HOSTILE_B, HOSTILE_FILE, HOSTILE_TOKEN
 
 from modeltrace.report import load
 from modeltrace.report.markdown import md_escape

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from conftest import run_main
+from report_helpers import run_main
 
 from modeltrace import __version__
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
+from report_helpers import run_main
 
 from modeltrace.cli import cli
 
 
-def _run(*args: str) -> object:
+def _run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
@@ -44,8 +45,6 @@ def test_report_without_outputs_prints_the_summary(seed_twin: dict[str, Path]) -
 
 
 def test_bad_result_files_are_one_line_and_exit_2(tmp_path: Path) -> None:
-    from conftest import run_main
-
     bad = tmp_path / "bad.json"
     bad.write_text("not json")
     res = run_main(["report", str(bad), "--html", str(tmp_path / "x.html")])
@@ -55,3 +54,11 @@ def test_bad_result_files_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert res.stderr == f"error: {tmp_path / 'missing.json'}: cannot read: No such file or directory\n"
     assert not (tmp_path / "x.html").exists()
+
+
+def test_an_unwritable_output_is_one_line_and_exit_2(seed_twin: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "r.html"  # its folder is a file
+    res = run_main(["report", str(seed_twin["json"]), "--html", str(out)])
+    assert res.exit_code == 2
+    assert res.stderr == f"error: {out}: cannot write the html report: {tmp_path / 'file'} is not a folder\n"

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Ran, run_main
+from report_helpers import Ran, run_main
 
 
 def _verify(path: Path) -> Ran:

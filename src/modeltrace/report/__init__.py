@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from modeltrace.errors import ModelTraceError
 from modeltrace.registry import Registry
 from modeltrace.report.model import Report, load
 
@@ -31,9 +32,14 @@ REPORTERS.register("html", "modeltrace.report.html:HTMLReporter")
 def write(report: Report, reporter: str, out: str | Path) -> list[Path]:
     """Render `report` with the reporter registered as `reporter` into `out`."""
     path = Path(out)
-    if path.parent and not path.parent.exists():
+    cls = REPORTERS.get(reporter)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ModelTraceError(f"{path}: cannot write the {reporter} report: {path.parent} is not a folder")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    return REPORTERS.get(reporter)().write(report, path)
+        return cls().write(report, path)
+    except OSError as exc:  # a report that cannot be written is a user's problem: one line, exit 2
+        raise ModelTraceError(f"{path}: cannot write the {reporter} report: {exc.strerror or exc}") from exc
 
 
 def write_all(canonical: dict[str, Any], outputs: dict[str, Path | None]) -> list[Path]:
@@ -44,9 +50,4 @@ def write_all(canonical: dict[str, Any], outputs: dict[str, Path | None]) -> lis
     return [write(report, name, path)[0] for name, path in outputs.items() if path is not None]
 
 
-def from_result(obj: dict[str, Any], source: str = "<compare>") -> Report:
-    """A Report from a canonical JSON object (what `CompareResult.to_json` returns, JSON-clean)."""
-    return Report.from_json(obj, source)
-
-
-__all__ = ["REPORTERS", "Report", "Reporter", "from_result", "load", "write", "write_all"]
+__all__ = ["REPORTERS", "Report", "Reporter", "load", "write", "write_all"]

@@ -29,21 +29,27 @@ class Cell:
 
 @dataclass(frozen=True)
 class Para:
+    """A paragraph; `lead` is the verdict line, `note` a muted remark (why a section is empty)."""
+
     text: str
     style: Literal["", "lead", "note"] = ""
 
 
 @dataclass(frozen=True)
 class Table:
+    """Rows of cells under headers; `fold` when it is long (HTML shows it folded)."""
+
     headers: tuple[str, ...]
     rows: tuple[tuple[Cell, ...], ...]
     caption: str = ""
-    kind: str = ""  # a style hook: "evidence", "facts"
+    kind: str = ""  # a style hook: "evidence"
     fold: bool = False  # long: shown folded (HTML <details>), open in Markdown
 
 
 @dataclass(frozen=True)
 class Image:
+    """A picture from `plots`."""
+
     plot: Plot
 
 
@@ -332,9 +338,3 @@ def _provenance(r: Report) -> Section:
                              [[_c(c.get("path"), "mono"), _c(c.get("root") or c.get("note"), "mono"),
                                _c(c.get("n_items"))] for c in commits if isinstance(c, dict)]))
     return Section("provenance", "Provenance", tuple(blocks))
-
-
-def as_text(doc: Document) -> dict[str, Any]:
-    """A plain summary of the document's structure (section ids and block kinds), for tests and tools."""
-    return {"title": doc.title, "sections": [{"id": s.id, "blocks": [type(b).__name__ for b in s.blocks]}
-                                             for s in doc.sections]}
