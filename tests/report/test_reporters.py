@@ -13,8 +13,8 @@ from PIL import Image
 from modeltrace.report import REPORTERS, load
 from modeltrace.report.document import build
 
-SECTIONS = ["verdict", "evidence", "controls", "transforms", "layers", "delta", "finetune", "tokenizer", "code",
-            "renames", "null", "provenance"]
+SECTIONS = ["verdict", "evidence", "controls", "transforms", "layers", "delta", "finetune", "config", "tokenizer",
+            "code", "renames", "null", "provenance"]
 COPY_FIGURES = ["layer-heatmap", "layer-curves", "delta-histograms", "finetune-deltas", "null-weight-identity",
                 "null-weight-permutation", "null-code-clone"]
 
@@ -42,6 +42,9 @@ def test_html_shows_the_evidence_a_dispute_needs(seed_copy: dict[str, Path]) -> 
         assert f'<td class="mono">{e.method}</td>' in html
     assert "skipped: behaviour tests not requested (--behaviour)" in html
     assert "A and B were trained from independent initializations (no shared weights)" in html
+    # configuration side by side, the peculiar shared fields highlighted
+    assert '<td class="mono">architectures</td>' not in html and "<td>architectures</td>" in html
+    assert '<td class="hl">query_num</td><td class="mono">8</td>' in html
     # tokenizer side by side: the added tokens at the same ids
     assert re.search(r'<td class="mono">&lt;image&gt;</td><td>512</td><td>512</td><td class="same">same id</td>', html)
     # code clones: the identifier rename map, highlighted

@@ -121,7 +121,7 @@ def build(report: Report, with_plots: bool = True) -> Document:
                   "No tensor pairs of equal shape were compared, so there is no B - A to show."),
         _pictures("finetune", "Fine-tune delta sizes per tensor", plots["finetune"], None,
                   "No changed tensor pairs were compared."),
-        _tokenizer(report), _code(report), _renames(report),
+        _config(report), _tokenizer(report), _code(report), _renames(report),
         _pictures("null", "What unrelated models score: null distributions", plots["null"], None,
                   "No test with a known null distribution ran; the descriptive findings above have none."),
         _provenance(report),
@@ -202,6 +202,44 @@ def _layer_table(r: Report) -> Table | None:
                        "diff" if m.get("a_layer") is None else ""),
                     _c(None if m.get("score") is None else f"{float(m['score']):.3f}")] for m in r.layer_map],
                   "Each B layer and the A layer it was matched to.")
+
+
+def _config(r: Report) -> Section:
+    e = r.method("config-match")
+    if e is None or e.status != "ok":
+        why = "config-match did not run" + (f": {e.statement}" if e is not None else "")
+        return Section("config", "Configuration side by side", (Para(why, "note"),))
+    d = e.details
+    blocks: list[Block] = [Para(e.statement)]
+    rows = []
+    for key, label in (("family", "family"), ("architectures", "architectures"), ("name_or_path", "name_or_path"),
+                       ("sources", "read from")):
+        v = d.get(key)
+        if isinstance(v, dict):
+            a, b = (", ".join(map(str, x)) if isinstance(x, list) else x for x in (v.get("a"), v.get("b")))
+            rows.append([_c(label), _c(a, "mono"), _c(b, "mono"), _same(a, b)])
+    norm = d.get("normalized")
+    if isinstance(norm, dict) and isinstance(norm.get("a"), dict) and isinstance(norm.get("b"), dict):
+        na, nb = norm["a"], norm["b"]
+        for key in list(dict.fromkeys([*na, *nb])):
+            rows.append([_c(key, "mono"), _c(na.get(key), "mono"), _c(nb.get(key), "mono"), _same(na.get(key),
+                                                                                                  nb.get(key))])
+    if rows:
+        blocks.append(_table(["field", "A", "B", ""], rows, "Normalized hyperparameters: names mapped across "
+                             "naming schemes, so equal values mean the same architecture."))
+    peculiar = d.get("peculiar_shared")
+    if isinstance(peculiar, dict) and peculiar:
+        blocks.append(_table(["field both configs carry (rare in other models)", "value in A and B"],
+                             [[_c(k, "hl"), _c(v, "mono")] for k, v in peculiar.items()],
+                             "Fields few configurations have: sharing them points to one origin of the config file."))
+    no_p = d.get("why_no_p_value")
+    if no_p:
+        blocks.append(Para(f"No p-value: {no_p}.", "note"))
+    return Section("config", "Configuration side by side", tuple(blocks))
+
+
+def _same(a: object, b: object) -> Cell:
+    return Cell("same", "same") if a == b else Cell("differs", "diff")
 
 
 def _tokenizer(r: Report) -> Section:
