@@ -8,6 +8,7 @@ on the shell's side that file disguised (identifiers renamed), as `make demo` do
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,3 +60,14 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (code / HOSTILE_FILE).write_text(f"def f():\n    return '{HOSTILE_A}'\n")
     return compare_to_files(root / "a", root / "b", root / "out", "--code", f"a={code / HOSTILE_FILE}",
                             "--code", f"b={code / HOSTILE_FILE}")
+
+
+@pytest.fixture(scope="session")
+def real_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's independent real-model pair (EfficientNet-Lite0 and Lite1), weight methods only, to stay fast."""
+    env = os.environ.get("MODELTRACE_REALMODELS")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "realmodels"
+    if not (root / "efficientnet-lite0").is_dir():
+        pytest.skip("real models absent: run `make realmodels` or set MODELTRACE_REALMODELS")
+    return compare_to_files(root / "efficientnet-lite0", root / "efficientnet-lite1", tmp_path_factory.mktemp("real"),
+                            "--method", "weight-identity", "--method", "diagnosis", "--method", "tensor-names")

@@ -31,7 +31,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     b.close()
 
 
-@pytest.mark.parametrize("pair", ["seed_copy", "seed_twin", "hostile"])
+@pytest.mark.parametrize("pair", ["seed_copy", "seed_twin", "hostile",
+                                  pytest.param("real_pair", marks=pytest.mark.realmodels)])
 def test_report_loads_cleanly_in_chromium(browser: Chromium, pair: str, request: pytest.FixtureRequest,
                                           tmp_path: Path) -> None:
     paths: dict[str, Path] = request.getfixturevalue(pair)
@@ -39,7 +40,7 @@ def test_report_loads_cleanly_in_chromium(browser: Chromium, pair: str, request:
     assert page["errors"] == []
     # nothing leaves the file: the page itself and its embedded data: images are the only loads
     assert [u for u in page["requests"] if not u.startswith("data:image/png;base64,")] == [paths["html"].as_uri()]
-    assert page["scripts"] == 0 and page["sections"] >= 11
+    assert page["scripts"] == 0 and page["sections"] >= 12
     assert page["images"] and all(done and w > 0 and h > 0 for done, w, h in page["images"])
     with Image.open(io.BytesIO(page["screenshot"])) as im:
         px = np.asarray(im.convert("L"), dtype=np.float64)
