@@ -31,15 +31,14 @@ realmodels-if-possible: install
 	-PYTHON=$(PY) bash $(SHARED)/realmodels/fetch_models.sh $(REALMODELS) >/dev/null 2>&1 \
 	  || echo "real models unavailable: their tests will skip"
 
-# real models: a quantized ONNX export of MiniLM (derived), two separately trained EfficientNets
-# (independent); then the seed case in miniature: a tiny multimodal model, a Llama3-V-style shell of it
-# (renamed prefixes, restructured resampler, noise, same special tokens) and an independent twin
+# the seed case in miniature (a tiny multimodal model, a Llama3-V-style shell of it: renamed prefixes,
+# restructured resampler, noise, same special tokens, disguised modelling code; and an independent twin),
+# then real models: a quantized ONNX export of MiniLM (derived), two separately trained EfficientNets
+# (independent). Each pair gets an HTML report, a Markdown report and its JSON in $(REPORTS)/.
+REPORTS ?= reports
 demo: install realmodels
-	$(PY) -m modeltrace compare $(REALMODELS)/all-minilm-l6-v2 $(REALMODELS)/all-minilm-l6-v2-int8-onnx
-	$(PY) -m modeltrace compare $(REALMODELS)/efficientnet-lite0 $(REALMODELS)/efficientnet-lite1
 	$(PY) -m modeltrace.benchmark.zoo --tiny --cache $(CACHE)/zoo-tiny >/dev/null
-	$(PY) -m modeltrace compare $(CACHE)/zoo-tiny/models/mm-a $(CACHE)/zoo-tiny/models/mm-a-shell
-	$(PY) -m modeltrace compare $(CACHE)/zoo-tiny/models/mm-a $(CACHE)/zoo-tiny/models/mm-b
+	$(PY) -m modeltrace.report.demo --zoo $(CACHE)/zoo-tiny --realmodels $(REALMODELS) --out $(REPORTS)
 
 # the whole suite, with a short deterministic fuzzing pass of the parsers and readers (tests/fuzz)
 test: install $(VENV)/.llama realmodels-if-possible

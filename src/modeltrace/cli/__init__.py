@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "bench": "modeltrace.cli.bench_cmd:bench",
     "probe": "modeltrace.cli.probe_cmd:probe",
     "same-model": "modeltrace.cli.same_model_cmd:same_model",
+    "report": "modeltrace.cli.report_cmd:report",
 }
 
 

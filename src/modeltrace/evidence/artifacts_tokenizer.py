@@ -129,7 +129,12 @@ class TokenizerMatchMethod(EvidenceMethod):
             "kind": {"a": ta.kind, "b": tb.kind}, "sources": {"a": list(ta.sources), "b": list(tb.sources)},
             "vocab_size": {"a": cmp.size_a, "b": cmp.size_b}, "shared_tokens": cmp.shared_tokens,
             "jaccard": cmp.jaccard, "same_id_fraction": cmp.same_id_fraction, "identical_vocab": cmp.identical_vocab,
-            "merges": {"a": cmp.merges_a, "b": cmp.merges_b, "identical_prefix": cmp.merge_prefix},
+            "merges": {"a": cmp.merges_a, "b": cmp.merges_b, "identical_prefix": cmp.merge_prefix,
+                       # for reports, when the lists part: the first merges where they do
+                       **({"first_differing": {side: [escape(m, 80) for m in
+                                                      t.merges[cmp.merge_prefix:cmp.merge_prefix + 5]]
+                                               for side, t in (("a", ta), ("b", tb))}}
+                          if cmp.merge_prefix < max(cmp.merges_a, cmp.merges_b) else {})},
             "base": {"a": _base(cmp.base_a), "b": _base(cmp.base_b)},
             "added_tokens_side_by_side": [
                 {"content": escape(s.content, 80), "id_a": s.id_a, "id_b": s.id_b, "custom": s.custom, "why": s.why}
