@@ -14,8 +14,8 @@ options, seed and threshold, on copies of A made in memory by what a copier can 
   for a fine-tune;
 - ``drop-layer`` and ``duplicate-layer``: a middle block removed, or repeated after the last.
 
-Controls run on a few layers of A's main component (`CONTROL_LAYERS`) plus everything outside
-layers (embeddings, head), so they cost a fraction of the comparison. With fewer layers a test has
+Controls run on a few layers of each component (`CONTROL_LAYERS`) plus everything outside layers
+(embeddings, head), so they cost a fraction of the comparison. With fewer layers a test has
 less to combine, so a control detected on the subset would be detected on the whole model too:
 the detection limit reported is conservative. The ladders stop at the first strength that is not
 detected ("nothing larger was tried"). Which kinds are in scope depends on the model: a rotation
@@ -158,7 +158,20 @@ class Layout:
         return self.roles.get(name)
 
 
+def _spread_pick(layers: list[int]) -> list[int]:
+    if len(layers) <= CONTROL_LAYERS:
+        return layers
+    pick = np.unique(np.linspace(0, len(layers) - 1, CONTROL_LAYERS).round().astype(int))
+    return [layers[i] for i in pick]
+
+
 def layout_of(a: Model, exclude: Iterable[str] = ()) -> Layout:
+    """A's tensors with roles; `CONTROL_LAYERS` layers of every component kept, layer edits on the main one.
+
+    Every component keeps some layers, so a control copy is a copy of the whole model (a copier who
+    permutes the vision tower permutes the language model too); the main component, whose layers are
+    dropped or repeated, is the one holding the token embedding, else the deepest.
+    """
     src = a.source
     infos = {n: i for n, i in src.infos().items() if n not in set(exclude) and i.numel > 0}
     roles = assign_roles(infos)
@@ -166,17 +179,15 @@ def layout_of(a: Model, exclude: Iterable[str] = ()) -> Layout:
     for r in roles.values():
         if r.layer is not None:
             per_comp.setdefault(r.component, set()).add(r.layer)
-    comp = max(per_comp, key=lambda c: (len(per_comp[c]), c == "language_model")) if per_comp else None
-    all_layers = sorted(per_comp.get(comp, set())) if comp else []
-    if len(all_layers) > CONTROL_LAYERS:
-        pick = np.unique(np.linspace(0, len(all_layers) - 1, CONTROL_LAYERS).round().astype(int))
-        layers = [all_layers[i] for i in pick]
-    else:
-        layers = all_layers
+    embed_comps = {r.component for r in roles.values() if r.kind == "token_embed"}
+    comp = max(per_comp, key=lambda c: (c in embed_comps, len(per_comp[c]), c == "language_model")) \
+        if per_comp else None
+    kept_layers = {c: set(_spread_pick(sorted(ls))) for c, ls in per_comp.items()}
+    layers = sorted(kept_layers.get(comp, set())) if comp else []
     keep = []
     for n in infos:
         role = roles.get(n)
-        if role is None or role.layer is None or role.component == comp and role.layer in layers:
+        if role is None or role.layer is None or role.layer in kept_layers.get(role.component, set()):
             keep.append(n)
     width = None
     for n in keep:
@@ -499,8 +510,8 @@ def run_weight_controls(ctx: CompareContext, tests: list[tuple[EvidenceMethod, E
         b = derived_model(a, src, f"control: {_label(c)}")
         cctx = CompareContext(a=sub, b=b, seed=ctx.seed, options={**ctx.options, "threshold": threshold,
                                                                    "control": True})
-        cctx.shared["exclude_a"] = exclude
-        cctx.shared["exclude_b"] = exclude
+        fixed = list(ctx.shared.get("fixed_a") or [])  # the copy carries A's fixed tensors, as found in A
+        cctx.shared.update(exclude_a=exclude, exclude_b=exclude, fixed_a=fixed, fixed_b=fixed)
         for method, _ in tests:
             try:
                 ev = type(method)().run(cctx)

@@ -14,8 +14,9 @@ residual coordinates relabelled by a uniformly random permutation `rho`, indepen
 assumption fails for a model that writes a fixed, coordinate-specific tensor into its residual stream
 (a sinusoidal position table added to the embeddings, a fixed DFT basis): two such models share
 that coordinate structure, and this test would read it as shared weights. So the test does not run
-when A and B carry the same position or token-type table (`shared_fixed_inputs`); a table computed in
-code and never stored cannot be seen.
+when A and B carry the same closed-form position or token-type table, as `fixed-tensors` recognises
+it by content (`shared_fixed_inputs`); a learned table that both carry is a copied weight, not such a
+structure, and does not switch the test off; a table computed in code and never stored cannot be seen.
 
 Statistic. (1) Align B's MLP units to A's without looking at B's residual labelling: each unit is
 described by its responses to the embeddings of up to 128 shared tokens, `E[T] w` for its input row
@@ -67,7 +68,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod, Transform
+from modeltrace.evidence.fixed_tensors import fixed_of
 from modeltrace.evidence.weights_common import skip_reason
+from modeltrace.roles import canonical
 from modeltrace.stats.combine import P_FLOOR
 from modeltrace.stats.nulls import fixed_point_tail, randomized_p
 from modeltrace.weights.align import agreement, fold_gain, match_units, sample_units, unit_rows
@@ -156,14 +159,13 @@ class ResidualTest:
     tokens: int
 
 
-def residual_coordinate_test(wa: WeightAnalysis, seed: int) -> ResidualTest | str:
+def residual_coordinate_test(wa: WeightAnalysis, seed: int, shared: list[str] | None = None) -> ResidualTest | str:
     """Run steps (1)-(3) of the module docstring; a string says why the test cannot run."""
     pieces = wa.embed_pieces()
     voc = wa.vocab()
     if pieces is None or voc is None or len(voc.rows_a) < 8:
         return "no token embeddings of shared tokens to align B's MLP units with A's"
     m = wa.matching
-    shared = shared_fixed_inputs(m)
     if shared:
         return (f"A and B carry the same position table ({', '.join(shared)}): a fixed tensor written into the "
                 "residual stream breaks the coordinate symmetry this test's null rests on")
@@ -216,15 +218,23 @@ def coordinate_fixed_points(xa: np.ndarray, xb: np.ndarray, seed: int) -> tuple[
     return fixed, kept, max(P_FLOOR, p), best
 
 
-def shared_fixed_inputs(m: Matching) -> list[str]:
-    """Position and token-type tables that are the same in A and B (B's names): coordinate-specific inputs."""
+def shared_fixed_inputs(ctx: CompareContext) -> list[str]:
+    """Fixed (closed-form) position or token-type tables that A and B both carry (B's names).
+
+    Only tables that `fixed-tensors` recognised by content count: a *learned* position table that is
+    identical in A and B is no coordinate structure of the architecture but a copied weight, and must
+    not switch the test off for exactly the models that copied it.
+    """
+    fa = fixed_of(ctx, "a")
+    fb = {f.digest: f for f in fixed_of(ctx, "b")}
     out = []
-    for pair in m.pairs:
-        if pair.kind not in ("pos_embed", "type_embed") or pair.param != "weight":
+    for f in fa:
+        g = fb.get(f.digest)
+        if g is None:
             continue
-        a, b = m.read_a(pair), m.read_b(pair)
-        if a.shape == b.shape and np.allclose(a, b, rtol=0.0, atol=1e-6 * max(1e-30, float(np.abs(a).max()))):
-            out.append(pair.b)
+        role = canonical(f.name)
+        if f.what == "sinusoidal table" or (role is not None and role.kind in ("pos_embed", "type_embed")):
+            out.append(g.name)
     return out
 
 
@@ -256,7 +266,7 @@ class WeightPermutationMethod(EvidenceMethod):
         wa = analysis_for(ctx)
         record_layer_map(ctx, wa)
         agree, moved = _view_agreement(wa)
-        got = residual_coordinate_test(wa, ctx.seed)
+        got = residual_coordinate_test(wa, ctx.seed, shared_fixed_inputs(ctx))
         if isinstance(got, str):
             return Evidence(method=self.name, status="ok", powered=False, p_value=None, statistic=None,
                             null_hypothesis=self.null_hypothesis,

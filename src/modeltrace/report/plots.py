@@ -156,11 +156,16 @@ def _layer_map_only(report: Report) -> Plot | None:
 
 
 LAYER_METHODS = {"weight-identity": ("fixed", "units on their own index"),
-                 "weight-permutation": ("agree", "units where both views agree")}
+                 "weight-permutation": ("fixed", "residual coordinates on their own index")}
 
 
 def _layer_rows(e: EvidenceRow) -> list[dict[str, Any]]:
-    rows = e.details.get("layers")
+    d = e.details
+    if e.method == "weight-permutation" and all(isinstance(d.get(k), int) for k in ("fixed", "kept", "coordinates")):
+        # one count over the residual coordinates (after the unit matching of every layer pair)
+        return [{"fixed": d["fixed"], "kept": d["kept"], "n_b": d["coordinates"], "p_value": e.p_value,
+                 "component": "residual", "a_layer": "all", "b_layer": "all"}]
+    rows = d.get("layers")
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
