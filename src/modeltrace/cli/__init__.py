@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "bench": "modeltrace.cli.bench_cmd:bench",
     "probe": "modeltrace.cli.probe_cmd:probe",
     "same-model": "modeltrace.cli.same_model_cmd:same_model",
+    "fingerprint": "modeltrace.cli.fingerprint_cmd:fingerprint",
+    "index": "modeltrace.cli.index_cmd:index",
 }
 
 

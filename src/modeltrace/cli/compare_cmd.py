@@ -135,6 +135,18 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
     (openai:URL#MODEL or http(s)://host:port/v1#MODEL), which only the behaviour tests can use.
     """
     from modeltrace.backends.resolve import is_endpoint
+    from modeltrace.index.fpcompare import compare_if_fingerprint
+
+    try:  # fingerprint files (modeltrace fingerprint) stand in for models
+        fp_result = compare_if_fingerprint(model_a, model_b, threshold=threshold, seed=seed)
+    except ModelTraceError as exc:
+        click.echo(f"error: {escape(str(exc), limit=2000)}", err=True)
+        ctx.exit(2)
+        return
+    if fp_result is not None:
+        click.echo(json.dumps(fp_result.to_json(), indent=2, default=_jsonable)) if as_json else \
+            render(fp_result, Console(file=sys.stdout, highlight=False, soft_wrap=False))
+        return
 
     options: dict[str, Any] = {"threshold": threshold, "prompts": prompts, "behaviour": behaviour,
                                "references": list(references), "code": list(code), "chat": chat}
