@@ -10,9 +10,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from st_builders import tokenizer_json, write_safetensors  # noqa: E402
+from st_builders import tokenizer_json, write_safetensors
 
-from modeltrace.index.fingerprint import TOKEN_CANDIDATES  # noqa: E402
+from modeltrace.index.fingerprint import TOKEN_CANDIDATES
 
 HIDDEN, INTER, LAYERS = 32, 96, 3
 VOCAB = ["[UNK]"] + list(TOKEN_CANDIDATES[:90]) + [f"w{i}" for i in range(37)]

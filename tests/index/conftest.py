@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import builders  # noqa: E402
+import builders
 
 
 @pytest.fixture(scope="session")

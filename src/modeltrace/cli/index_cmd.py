@@ -96,7 +96,7 @@ def add(ctx: click.Context, refs: tuple[str, ...], name: str | None, labels: tup
                     raise  # the index itself is unusable: stop
                 except ModelTraceError as exc:
                     failed.append(ref)
-                    err.print(Text(f"error: {escape(str(exc), limit=500)}"))
+                    click.echo(f"error: {escape(str(exc), limit=500)}", err=True)
                 progress.advance(task)
         total = store.count()
     click.echo(f"added {added}, skipped {skipped} already indexed, failed {len(failed)}; {total} model(s) in "
