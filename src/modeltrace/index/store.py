@@ -165,6 +165,23 @@ class IndexStore:
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
 
+    def add_many(self, items: list[tuple[str, Fingerprint, bytes, dict[str, str]]]) -> None:
+        """Insert many models in one transaction (bulk loads: all of them or none)."""
+        added = datetime.now(UTC).isoformat(timespec="seconds")
+        rows = [(name, fp.ref, added, fp.sha256, len(data), np.ascontiguousarray(fp.vector, dtype=np.float32).tobytes(),
+                 data, json.dumps(labels, sort_keys=True), len(fp.layers), int(fp.meta.get("parameters") or 0))
+                for name, fp, data, labels in items]
+        try:
+            with self.transaction() as db:
+                db.executemany(
+                    "INSERT INTO models (name, ref, added, fp_sha256, fp_size, vector, fingerprint, labels, layers, "
+                    "parameters) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        except sqlite3.IntegrityError as exc:
+            raise IndexError_(f"{self.path}: a model in the batch is already indexed ({exc})") from exc
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(f"{self.path}: could not write to the index ({exc})") from exc
+
     def remove(self, names: list[str]) -> int:
         """Remove models by name in one transaction; returns how many were removed."""
         try:

@@ -1,0 +1,350 @@
+"""Lineage-index benchmark: fingerprints against models on the zoo, search recall, and search at 100,000 models.
+
+1. ``--zoo MANIFEST``: every model of a built zoo (``python -m modeltrace.benchmark.zoo --quick``) is
+   fingerprinted; every pair of the manifest is compared model against model (all methods without
+   behaviour, and the weight methods alone) and fingerprint against fingerprint; then every model is
+   indexed and each derived model searched for (itself excluded): the rank of its true parent, top-1
+   and top-3 by derivation kind, and every model above the threshold that is not of the query's lineage.
+2. ``--synthetic 1000,10000,100000``: indexes of synthetic fingerprints (families with known ancestry:
+   fine-tuned, heavily changed, permuted, layer-dropped children and grandchildren, plus unrelated
+   models, 1 in 5 models in a family) built with the same code as real ones; for sampled derived
+   queries: search time (candidate stage plus the full test on the candidates), candidate-stage
+   recall of the true parent (usearch against the exact scan), top-1/top-3, false relatives.
+3. ``--8b``: an 8B-shaped bf16 checkpoint (bench_readers.py's): fingerprint size, wall and CPU time,
+   peak memory, throughput against ``cat`` over the same files.
+
+Run: ``nice -n 10 .venv/bin/python bench/bench_index.py --zoo bench/cache/zoo-quick/manifest.json
+--synthetic 1000,10000,100000 --out bench/results/index.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from modeltrace.compare import compare
+from modeltrace.index.candidates import ExactCandidates, open_candidates
+from modeltrace.index.fingerprint import (
+    COORD_DIMS,
+    IDX_UNITS,
+    SEL_UNITS,
+    TOKEN_CANDIDATES,
+    Basis,
+    Fingerprint,
+    LayerSketch,
+    candidate_vector,
+    compute,
+    from_bytes,
+    to_bytes,
+)
+from modeltrace.index.fpcompare import compare_fingerprints, diagnosis
+from modeltrace.index.search import search
+from modeltrace.index.store import IndexStore
+from modeltrace.model import Model
+
+WEIGHT_METHODS = ["weight-match", "weight-identity", "weight-permutation"]
+THRESHOLD = 1e-6
+
+
+# --- 1. the zoo -------------------------------------------------------------------------------
+def lineage(models: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Model id -> root of its derivation tree (union of parents), for 'related' ground truth."""
+    parent = {m: m for m in models}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for mid, m in models.items():
+        for p in m.get("parents") or []:
+            if p in parent:
+                parent[find(mid)] = find(p)
+    return {m: find(m) for m in models}
+
+
+def zoo(manifest_path: Path) -> dict[str, Any]:
+    man = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    models = {m["id"]: m for m in man["models"]}
+    fps: dict[str, Fingerprint] = {}
+    fp_rows = []
+    for mid, m in models.items():
+        t0, c0 = time.perf_counter(), time.process_time()
+        with Model.open(str(root / m["path"])) as model:
+            fp = compute(model)
+        data = to_bytes(fp)
+        fps[mid] = from_bytes(data, mid)
+        fp_rows.append({"model": mid, "bytes": len(data), "layers": len(fp.layers), "wall_s": round(time.perf_counter() - t0, 3),
+                        "cpu_s": round(time.process_time() - c0, 3), "basis": "tokens" if fp.basis else "coordinates"})
+    pairs = []
+    for p in man["pairs"]:
+        if p["a"] not in models or p["b"] not in models:
+            continue
+        pa, pb = str(root / models[p["a"]]["path"]), str(root / models[p["b"]]["path"])
+        row: dict[str, Any] = {"pair": p["id"], "kind": p["kind"], "label": p["label"]}
+        for key, methods in (("model", None), ("weights", WEIGHT_METHODS)):
+            t0 = time.perf_counter()
+            with Model.open(pa) as a, Model.open(pb) as b:
+                r = compare(a, b, methods=methods, threshold=THRESHOLD, options={"threshold": THRESHOLD})
+            row[key] = {"verdict": r.verdict, "p_value": r.p_value, "s": round(time.perf_counter() - t0, 3)}
+        t0 = time.perf_counter()
+        r = compare_fingerprints(fps[p["a"]], fps[p["b"]], threshold=THRESHOLD)
+        row["fingerprint"] = {"verdict": r.verdict, "p_value": r.p_value, "s": round(time.perf_counter() - t0, 4),
+                              "diagnosis": diagnosis(r)}
+        pairs.append(row)
+        print(f"  {p['id']}: model {row['model']['verdict']}, weights {row['weights']['verdict']}, "
+              f"fingerprint {row['fingerprint']['verdict']}", file=sys.stderr)
+    roots = lineage(models)
+    searches = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = IndexStore(Path(tmp) / "zoo.db")
+        for mid, fp in fps.items():
+            data = to_bytes(fp)
+            store.add(mid, from_bytes(data, mid), data)
+        cand = open_candidates(store)
+        for mid, fp in fps.items():
+            res = search(store, fp, top=10, threshold=THRESHOLD, exclude={mid}, cand=cand)
+            m = models[mid]
+            parents = set(m.get("parents") or [])
+            related = [h.entry.name for h in res.related]
+            rank = next((k for k, name in enumerate(related, 1) if name in parents), None)
+            false_rel = [name for name in related if roots[name] != roots[mid]]
+            searches.append({"model": mid, "kind": m["kind"], "parents": sorted(parents), "parent_rank": rank,
+                             "related": related[:5], "false_related": false_rel,
+                             "search_s": round(res.timings["total"], 4), "candidates": res.candidates})
+        store.close()
+    return {"fingerprints": fp_rows, "pairs": pairs, "searches": searches}
+
+
+# --- 2. synthetic index ----------------------------------------------------------------------
+K = 64
+LAYERS = 2
+UNITS = 1024
+BASIS = Basis(TOKEN_CANDIDATES[:K], np.eye(K, dtype=np.float32), "language_model")
+
+
+def _layer(rng: np.random.Generator, layer: int) -> LayerSketch:
+    sel = np.sort(rng.choice(UNITS, SEL_UNITS, replace=False)).astype(np.int64)
+    f = np.float32
+    return LayerSketch("language_model", layer, UNITS, 4096, "tokens", rng.standard_normal((IDX_UNITS, K)).astype(f),
+                       rng.standard_normal((IDX_UNITS, COORD_DIMS)).astype(f), sel,
+                       rng.standard_normal((SEL_UNITS, K)).astype(f), rng.standard_normal((SEL_UNITS, K)).astype(f))
+
+
+def _noised(s: LayerSketch, rng: np.random.Generator, sigma: float, layer: int | None = None) -> LayerSketch:
+    def nz(x: np.ndarray) -> np.ndarray:
+        return (x + sigma * rng.standard_normal(x.shape)).astype(np.float32)
+    return LayerSketch(s.component, s.layer if layer is None else layer, s.n, s.width, s.basis, nz(s.idx_in),
+                       nz(s.cidx_in), s.sel, nz(s.sel_in), None if s.sel_out is None else nz(s.sel_out))
+
+
+def _permuted(s: LayerSketch, rng: np.random.Generator) -> LayerSketch:
+    """Units relabelled: the stored idx units become other units; the selected units move with their labels."""
+    perm = rng.permutation(s.n)
+    new_sel = perm[s.sel]
+    order = np.argsort(new_sel)
+    f = np.float32
+    return LayerSketch(s.component, s.layer, s.n, s.width, s.basis, rng.standard_normal(s.idx_in.shape).astype(f),
+                       rng.standard_normal(s.cidx_in.shape).astype(f), new_sel[order].astype(np.int64),
+                       s.sel_in[order], None if s.sel_out is None else s.sel_out[order])
+
+
+def _fp(name: str, layers: list[LayerSketch]) -> Fingerprint:
+    return Fingerprint(ref=name, meta={"name": name, "parameters": 0}, layers=tuple(layers), basis=BASIS,
+                       vector=candidate_vector(layers))
+
+
+CHILD_KINDS = ("finetune", "heavy", "permute", "layer-drop")
+
+
+def synth_models(n: int, seed: int) -> tuple[list[tuple[str, Fingerprint, dict[str, str]]], dict[str, str]]:
+    """n fingerprints: families (base, 4 children, 1 grandchild = 6) filling 20 %, unrelated models the rest."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, Fingerprint, dict[str, str]]] = []
+    parent: dict[str, str] = {}
+    n_fam = max(1, n // 5 // 6)
+    for f in range(n_fam):
+        base = [_layer(rng, i) for i in range(LAYERS)]
+        bname = f"fam{f}-base"
+        out.append((bname, _fp(bname, base), {"family": str(f), "kind": "base"}))
+        children = {}
+        for kind in CHILD_KINDS:
+            if kind == "finetune":
+                ls = [_noised(s, rng, 0.3) for s in base]
+            elif kind == "heavy":
+                ls = [_noised(s, rng, 0.8) for s in base]
+            elif kind == "permute":
+                ls = [_permuted(_noised(s, rng, 0.1), rng) for s in base]
+            else:
+                ls = [_noised(base[0], rng, 0.1)]
+            name = f"fam{f}-{kind}"
+            children[kind] = ls
+            out.append((name, _fp(name, ls), {"family": str(f), "kind": kind}))
+            parent[name] = bname
+        gname = f"fam{f}-finetune-finetune"
+        out.append((gname, _fp(gname, [_noised(s, rng, 0.3) for s in children["finetune"]]),
+                    {"family": str(f), "kind": "grandchild"}))
+        parent[gname] = f"fam{f}-finetune"
+    k = 0
+    while len(out) < n:
+        name = f"solo{k}"
+        out.append((name, _fp(name, [_layer(rng, i) for i in range(LAYERS)]), {"kind": "unrelated"}))
+        k += 1
+    return out[:n], parent
+
+
+def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> list[dict[str, Any]]:
+    results = []
+    for n in sizes:
+        tmp = Path(tempfile.mkdtemp(prefix="mt-index-"))
+        try:
+            t0 = time.perf_counter()
+            items, parent = synth_models(n, seed)
+            store = IndexStore(tmp / "index.db")
+            batch = []
+            for name, fp, labels in items:
+                data = to_bytes(fp)
+                batch.append((name, from_bytes(data, name), data, labels))
+                if len(batch) == 2000:
+                    store.add_many(batch)
+                    batch = []
+            if batch:
+                store.add_many(batch)
+            t_fill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            cand = open_candidates(store, "usearch")
+            t_ann = time.perf_counter() - t0
+            ids, vecs = store.vectors()
+            exact = ExactCandidates()
+            exact.build(ids, vecs)
+            name_of = {e.id: e.name for e in store.entries()}
+            rng = np.random.default_rng(seed + 1)
+            derived = [name for name, _, lab in items if name in parent]
+            unrelated = [name for name, _, lab in items if lab.get("kind") == "unrelated"]
+            pick = list(rng.choice(derived, min(queries, len(derived)), replace=False))
+            pick_u = list(rng.choice(unrelated, min(queries // 4, len(unrelated)), replace=False)) if unrelated else []
+            fps = {name: fp for name, fp, _ in items}
+            kinds = {name: lab["kind"] for name, _, lab in items}
+            rows = []
+            for q in pick + pick_u:
+                fp = fps[q]
+                res = search(store, fp, top=3, threshold=THRESHOLD, exclude={q}, cand=cand)
+                k = res.candidates
+                ann = {name_of[i] for i, _ in cand.search(fp.vector, k + 1)} - {q}
+                ex = {name_of[i] for i, _ in exact.search(fp.vector, k + 1)} - {q}
+                related = [h.entry.name for h in res.related]
+                fam = q.split("-")[0] if q.startswith("fam") else None
+                rows.append({"query": q, "kind": kinds[q], "parent": parent.get(q),
+                             "parent_in_ann": parent.get(q) in ann if q in parent else None,
+                             "parent_in_exact": parent.get(q) in ex if q in parent else None,
+                             "rank": (related.index(parent[q]) + 1) if q in parent and parent[q] in related else None,
+                             "false_related": [r for r in related if fam is None or not r.startswith(fam + "-")],
+                             "search_s": res.timings["total"], "tests_s": res.timings["tests"],
+                             "candidates_s": res.timings["candidates"]})
+            st = store.stats()
+            store.close()
+            times = np.array([r["search_s"] for r in rows])
+            d = [r for r in rows if r["parent"]]
+            by_kind: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "top1": 0, "top3": 0, "ann": 0})
+            for r in d:
+                b = by_kind[r["kind"]]
+                b["n"] += 1
+                b["top1"] += r["rank"] == 1
+                b["top3"] += r["rank"] is not None and r["rank"] <= 3
+                b["ann"] += bool(r["parent_in_ann"])
+            results.append({
+                "models": n, "families": sum(1 for _, _, lab in items if lab.get("kind") == "base"),
+                "fill_s": round(t_fill, 2), "ann_build_s": round(t_ann, 2), "db_bytes": st["file_bytes"],
+                "mean_fingerprint_bytes": st["mean_fingerprint_bytes"], "queries": len(rows),
+                "search_median_s": round(float(np.median(times)), 4),
+                "search_p95_s": round(float(np.percentile(times, 95)), 4),
+                "search_max_s": round(float(times.max()), 4),
+                "candidate_stage_median_s": round(float(np.median([r["candidates_s"] for r in rows])), 5),
+                "recall_ann": round(float(np.mean([r["parent_in_ann"] for r in d])), 4),
+                "recall_exact": round(float(np.mean([r["parent_in_exact"] for r in d])), 4),
+                "top1": round(float(np.mean([r["rank"] == 1 for r in d])), 4),
+                "top3": round(float(np.mean([r["rank"] is not None and r["rank"] <= 3 for r in d])), 4),
+                "false_related": sum(len(r["false_related"]) for r in rows),
+                "by_kind": dict(by_kind), "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+            print(f"  {n}: {json.dumps({k: v for k, v in results[-1].items() if k != 'by_kind'})}", file=sys.stderr)
+        finally:
+            if keep is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+# --- 3. 8B-shaped checkpoint -----------------------------------------------------------------
+def eight_b(cache: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_readers import Shape, build
+
+    info = build(cache, Shape())
+    files = sorted(cache.glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in files)
+    out: dict[str, Any] = {"checkpoint_bytes": size, "build": info}
+    for label, cmd in (("cat", ["/bin/sh", "-c", 'exec cat "$@" > /dev/null', "sh", *map(str, files)]),):
+        subprocess.run(cmd, check=True)  # warm the page cache as far as memory allows
+        r = _timed(cmd)
+        out[label] = {**r, "MB_per_s": round(size / r["wall_s"] / 1e6, 1)}
+    fp_out = cache.parent / "llama8b.mtfp"
+    for label, extra in (("fingerprint", []), ("fingerprint_no_file_hashes", ["--no-file-hashes"])):
+        cmd = [sys.executable, "-m", "modeltrace", "fingerprint", str(cache), "-o", str(fp_out), "--json", *extra]
+        r = _timed(cmd, env={**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")})
+        out[label] = {**r, "MB_per_s": round(size / r["wall_s"] / 1e6, 1),
+                      "share_of_cat": round(out["cat"]["wall_s"] / r["wall_s"], 3), "summary": json.loads(r.pop("stdout"))}
+    out["fingerprint_bytes"] = fp_out.stat().st_size
+    return out
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": round(wall, 2), "cpu_s": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
+            "peak_rss_mib": round(after.ru_maxrss / 1024, 1), "stdout": p.stdout}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", type=Path, help="zoo manifest.json")
+    ap.add_argument("--synthetic", type=str, default="", help="comma-separated index sizes")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--8b", dest="eight_b", type=Path, default=None, help="folder for the 8B-shaped checkpoint")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
+    args = ap.parse_args()
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result["command"] = " ".join(sys.argv)
+    result["git"] = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=REPO).stdout.strip()
+    if args.zoo:
+        result["zoo"] = zoo(args.zoo)
+    if args.synthetic:
+        result["synthetic"] = synthetic([int(x) for x in args.synthetic.split(",")], args.queries, args.seed, None)
+    if args.eight_b:
+        result["8b"] = eight_b(args.eight_b)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=str))
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
