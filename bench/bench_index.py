@@ -19,9 +19,15 @@ Run: ``nice -n 10 .venv/bin/python bench/bench_index.py --zoo bench/cache/zoo-qu
 
 from __future__ import annotations
 
+import os
+
+# the search is a sequence of small matrix products: one BLAS thread each (threaded BLAS on a busy machine
+# is many times slower at these sizes); set before numpy is imported
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -40,6 +46,7 @@ sys.path.insert(0, str(REPO / "src"))
 from modeltrace.compare import compare
 from modeltrace.index.candidates import ExactCandidates, open_candidates
 from modeltrace.index.fingerprint import (
+    BASIS_TOKENS,
     COORD_DIMS,
     IDX_UNITS,
     SEL_UNITS,
@@ -134,9 +141,9 @@ def zoo(manifest_path: Path) -> dict[str, Any]:
 
 
 # --- 2. synthetic index ----------------------------------------------------------------------
-K = 64
+K = BASIS_TOKENS
 LAYERS = 2
-UNITS = 1024
+UNITS = 14336  # an 8B model's MLP width: idx_count(UNITS) == IDX_UNITS
 BASIS = Basis(TOKEN_CANDIDATES[:K], np.eye(K, dtype=np.float32), "language_model")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from modeltrace.errors import FormatError
 from modeltrace.index import format as fmt
-from modeltrace.index.fingerprint import IDX_UNITS, fingerprint, load, save
+from modeltrace.index.fingerprint import fingerprint, idx_count, load, save
 
 
 def raw_file(path: Path, header: dict[str, object] | bytes, body: bytes = b"", hlen: int | None = None) -> Path:
@@ -85,7 +85,7 @@ def test_fingerprint_holds_the_sampled_units_and_the_artifacts(family: dict[str,
     fp = save(fingerprint(str(family["base"])), tmp_path / "fp.mtfp")
     back = load(tmp_path / "fp.mtfp")
     assert len(back.layers) == 3
-    assert back.layers[0].idx_in.shape == (IDX_UNITS, 32)
+    assert back.layers[0].idx_in.shape == (idx_count(96), 32) == (96, 32)
     assert back.basis is not None and back.basis.tokens[:3] == ("e", "t", "a")
     assert set(back.meta["files"]) == {"model.safetensors"}
     assert back.meta["tokenizer"]["size"] == 128

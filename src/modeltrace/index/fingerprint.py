@@ -11,7 +11,7 @@ What is kept per MLP layer (component, layer) with n hidden units:
   reordered, extended or pruned vocabulary still gives the same basis on the tokens both keep.
   G is stored, so a comparison can re-whiten on the tokens two fingerprints share. Without a
   tokenizer (or for components outside the embedding's) the basis is a seeded subset of coordinates.
-- `idx`: the units at `IDX_UNITS` indices sampled by a seed and n alone (not the layer number, so a
+- `idx`: the units at `idx_count(n)` indices sampled by a seed and n alone (not the layer number, so a
   copied layer at another depth samples the same indices): the exact fixed-point test runs on these.
 - `sel`: the `SEL_UNITS` units with the largest input rows (gain folded in; the norm is unchanged by a
   residual rotation), chosen by content, so a permutation of the units selects the same units: their
@@ -45,7 +45,7 @@ from modeltrace.roles import Role, assign_roles, fixed_buffer
 from modeltrace.weights.align import sample_units
 
 FP_SEED = 20_261_204  # part of the format: fingerprints compare only when made with the same seed
-BASIS_TOKENS = 64
+BASIS_TOKENS = 48
 MIN_BASIS_TOKENS = 16
 IDX_UNITS = 32
 SEL_UNITS = 24
@@ -72,7 +72,7 @@ class LayerSketch:
     width: int  # residual width of a unit row
     basis: str  # "tokens" (the fingerprint's token basis) or "coords:<width>"
     idx_in: np.ndarray  # (len(idx), K) float32: units at `idx_indices(n)`
-    cidx_in: np.ndarray  # (len(idx), COORD_DIMS) the same units on seeded raw coordinates (no basis)
+    cidx_in: np.ndarray  # (len(idx), COORD_DIMS) the same units on seeded raw coordinates, float16 precision
     sel: np.ndarray  # (t,) int64 unit indices chosen by content
     sel_in: np.ndarray  # (t, K)
     sel_out: np.ndarray | None  # (t, K) or None without an output projection
@@ -114,9 +114,22 @@ class Fingerprint:
         return sorted({s.component for s in self.layers})
 
 
+def idx_count(n: int) -> int:
+    """Units stored by index in a layer of n units: more in narrow layers, where they cost little.
+
+    A function of n alone, so two fingerprints of layers with the same width store the same units.
+    `IDX_UNITS` for the wide layers of large models keeps an 8B model's fingerprint within 256 KB.
+    """
+    if n <= 1024:
+        return min(n, 4 * IDX_UNITS)
+    if n <= 4096:
+        return 2 * IDX_UNITS
+    return IDX_UNITS
+
+
 def idx_indices(n: int) -> np.ndarray:
     """The unit indices every fingerprint samples in a layer of n units (seeded by n only)."""
-    return sample_units(n, IDX_UNITS, np.random.default_rng([FP_SEED, n]))
+    return sample_units(n, idx_count(n), np.random.default_rng([FP_SEED, n]))
 
 
 # --- computing ---------------------------------------------------------------------------------
@@ -387,7 +400,7 @@ def _sketch_one(src: TensorSource, infos: dict[str, Any], lay: _Layer, buf: np.n
             c_out = _to_basis(np.array(v[sel]), to_basis if tokens else None, cols)
     return LayerSketch(
         component=lay.component, layer=lay.layer, n=n, width=d, basis="tokens" if tokens else f"coords:{d}",
-        idx_in=_roundtrip(c[: len(idx)]), cidx_in=_roundtrip(cidx), sel=sel.astype(np.int64),
+        idx_in=_roundtrip(c[: len(idx)]), cidx_in=cidx.astype(np.float16).astype(np.float32), sel=sel.astype(np.int64),
         sel_in=_roundtrip(c[len(idx):]), sel_out=_roundtrip(c_out) if c_out is not None else None), read_bytes
 
 
@@ -432,7 +445,9 @@ def to_raw(fp: Fingerprint) -> fmt.RawFingerprint:
     layers_meta = []
     for k, s in enumerate(fp.layers):
         p = f"layers/{k}/"
-        for key, x in (("idx_in", s.idx_in), ("cidx_in", s.cidx_in), ("sel_in", s.sel_in), ("sel_out", s.sel_out)):
+        # the raw-coordinate view in float16: the distances that rank a parent above its siblings need it
+        arrays[p + "cidx_in.f2"] = s.cidx_in.astype(np.float16)
+        for key, x in (("idx_in", s.idx_in), ("sel_in", s.sel_in), ("sel_out", s.sel_out)):
             if x is not None:
                 q, sc = fmt.quantize(x)
                 arrays[p + key + ".q"], arrays[p + key + ".s"] = q, sc
@@ -493,7 +508,8 @@ def from_raw(raw: fmt.RawFingerprint, where: str | Path, sha256: str = "", size:
                 raise FormatError(where, f"layer {k} {key}: {q.shape[0]} rows but {s.shape[0]} scales")
             return fmt.dequantize(q, s)
 
-        idx_in, cidx_in, sel_in = rows("idx_in"), rows("cidx_in"), rows("sel_in")
+        idx_in, sel_in = rows("idx_in"), rows("sel_in")
+        cidx_in = need(p + "cidx_in.f2", 2, "f2").astype(np.float32)
         sel_out = rows("sel_out", required=False)
         sel = need(p + "sel", 1, "i4").astype(np.int64)
         assert idx_in is not None and sel_in is not None and cidx_in is not None

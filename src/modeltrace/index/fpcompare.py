@@ -115,8 +115,11 @@ class _Pair:
         return self._rows[key]
 
     def comparable(self, sa: LayerSketch, sb: LayerSketch, view: str = "in") -> bool:
+        """Layers compare when their residual widths agree (as in `compare`) and their bases can be matched."""
+        if sa.width != sb.width:
+            return False
         if view == "cidx":
-            return sa.width == sb.width and sa.n == sb.n
+            return sa.n == sb.n
         if sa.basis != sb.basis:
             return False
         return sa.basis != "tokens" or self.shared is not None
@@ -173,6 +176,49 @@ def _combine(method: str, layers: list[dict[str, Any]], stat: str, what: str, th
                              "source": SOURCE_NOTE, **details})
 
 
+VIEW_NAMES = {"idx": "token basis", "cidx": "raw coordinates"}
+
+
+def _rel_dist(xa: np.ndarray, yb: np.ndarray) -> list[float]:
+    """||a - b|| / ||a|| per matched unit: how far B's unit moved from A's (0 for a copy)."""
+    num = np.linalg.norm(xa.astype(np.float64) - yb.astype(np.float64), axis=1)
+    den = np.maximum(np.linalg.norm(xa.astype(np.float64), axis=1), 1e-30)
+    out: list[float] = (num / den).tolist()
+    return out
+
+
+def _median(x: list[float]) -> float | None:
+    return round(float(np.median(x)), 6) if x else None
+
+
+def _identity(ident: dict[str, list[dict[str, Any]]], views: list[str], threshold: float,
+              note: dict[str, Any]) -> Evidence:
+    """The identity test in each view the two fingerprints share; the best view, Bonferroni over views.
+
+    The token basis is invariant to a rotated residual stream but is itself changed when a model's
+    embeddings change a lot (a merge with another model); raw coordinates are the reverse. Each
+    view's Fisher combination is a valid p-value; the smallest times the number of views is too.
+    """
+    what = "sampled MLP units of A matched to the same index in B"
+    evs = {v: _combine("weight-identity", ident[v], "fixed", what + f" ({VIEW_NAMES[v]})", threshold, note)
+           for v in views}
+    best = min(views, key=lambda v: float(evs[v].p_value or 1.0))
+    ev = evs[best]
+    k = len(views)
+    p = min(1.0, (ev.p_value or 1.0) * k)
+    floor_best = min(float(evs[v].details["min_attainable_p"]) for v in views) * k
+    statement = ev.statement.rsplit("; combined p", 1)[0] + f"; combined p = {p:.3g}" + \
+        (f" (best of {k} views, Bonferroni)" if k > 1 else "")
+    powered = floor_best < threshold
+    if not powered:
+        statement += f" (too few units to reach p < {threshold:g})"
+    details = {**ev.details, "view": VIEW_NAMES[best], "view_key": best,
+               "views": {VIEW_NAMES[v]: evs[v].p_value for v in views},
+               "layers": [x for v in views for x in ident[v]]}
+    return Evidence(method="weight-identity", status="ok", statement=statement, statistic=ev.statistic,
+                    p_value=max(p, P_FLOOR), powered=powered, details=details)
+
+
 def _layer_maps(pair: _Pair) -> dict[str, tuple[LayerMap, dict[int, LayerSketch], dict[int, LayerSketch]]]:
     out = {}
     for comp in sorted(set(pair.a.components()) & set(pair.b.components())):
@@ -210,11 +256,12 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
     t0 = time.perf_counter()
     pair = _Pair(a, b)
     maps = _layer_maps(pair)
-    ident: list[dict[str, Any]] = []
+    ident: dict[str, list[dict[str, Any]]] = {"idx": [], "cidx": []}
+    id_cos: dict[str, list[float]] = {"idx": [], "cidx": []}
+    id_dist: dict[str, list[float]] = {"idx": [], "cidx": []}
+    perm_dist: list[float] = []
     perm: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
-    cosines: list[float] = []
-    raw_cos: list[float] = []
     perm_cos: list[float] = []
     moved = 0
     confident = 0
@@ -222,25 +269,22 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
         layer_rows.extend(lmap.entries(comp))
         for i, j in _pairs(lmap, la, lb, pair):
             sa, sb = la[i], lb[j]
-            view = pair.identity_view(sa, sb)
-            um = pair.match(sa, sb, view) if view is not None else None
-            if um is not None and view is not None:
+            for view in ("idx", "cidx"):
+                um = pair.match(sa, sb, view) if sa.n == sb.n else None
+                if um is None:
+                    continue
                 k, m = um.fixed_points()
                 xa, yb = pair.rows("a", sa, view), pair.rows("b", sb, view)
                 assert xa is not None and yb is not None
-                u = _uniform(seed, sa, sb, xa, yb, 1)
+                u = _uniform(seed, sa, sb, xa, yb, 1 if view == "idx" else 3)
                 n = len(yb)
-                ident.append({"component": comp, "a_layer": i, "b_layer": j, "fixed": k, "kept": m, "n": n,
-                              "n_a": sa.n, "n_b": sb.n, "view": "basis" if view == "idx" else "coordinates",
-                              "p_value": randomized_p(k, m, n, u)})
+                ident[view].append({"component": comp, "a_layer": i, "b_layer": j, "fixed": k, "kept": m, "n": n,
+                                    "n_a": sa.n, "n_b": sb.n, "view": VIEW_NAMES[view],
+                                    "p_value": randomized_p(k, m, n, u)})
                 hit = um.kept & (um.target == um.sample)
                 if np.any(hit):
-                    cosines.append(float(np.mean(um.best[hit])))
-                    if view == "idx":
-                        cu = pair.match(sa, sb, "cidx")
-                        if cu is not None:
-                            raw_cos.append(float(np.mean(np.where(cu.target[hit] == cu.sample[hit],
-                                                                  cu.best[hit], 0.0))))
+                    id_cos[view].append(float(np.mean(um.best[hit])))
+                    id_dist[view].extend(_rel_dist(xa[hit], yb[um.target[hit]]))
             m1, m2 = pair.match(sa, sb, "in"), pair.match(sa, sb, "out")
             if m1 is not None and m2 is not None:
                 k, m = agreement(m1, m2)
@@ -250,6 +294,7 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
                 conf = m1.kept & m2.kept & (m1.target == m2.target)
                 if np.any(conf):
                     perm_cos.append(float(np.mean(m1.best[conf])))
+                    perm_dist.extend(_rel_dist(xa[conf], yb[m1.target[conf]]))
                 n_moved = int(np.count_nonzero(conf & (sb.sel[np.maximum(m1.target, 0)] != sa.sel[m1.sample])))
                 moved += n_moved
                 confident += int(np.count_nonzero(conf))
@@ -257,15 +302,18 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
                              "n": m1.n_b, "moved": n_moved, "p_value": randomized_p(k, m, m1.n_b, u)})
     basis_note = {"shared_basis_tokens": pair.shared[2] if pair.shared else 0}
     evidence: list[Evidence] = []
-    if ident:
-        evidence.append(_combine("weight-identity", ident, "fixed", "sampled MLP units of A matched to the same "
-                                 "index in B", threshold, basis_note))
+    views = [v for v in ("idx", "cidx") if ident[v]]
+    if views:
+        evidence.append(_identity(ident, views, threshold, basis_note))
+        key = str(evidence[-1].details["view_key"])
+        evidence[-1].details["median_relative_distance"] = _median(id_dist[key])
     else:
         evidence.append(Evidence.skipped("weight-identity", "no layer pair with the same unit count and a "
                                          "shared basis in the two fingerprints"))
     if perm:
         evidence.append(_combine("weight-permutation", perm, "agree", "selected MLP units on which the input-row "
                                  "and output-column matchings agree", threshold, basis_note))
+        evidence[-1].details["median_relative_distance"] = _median(perm_dist)
     else:
         evidence.append(Evidence.skipped("weight-permutation", "no layer pair with both views and a shared basis "
                                          "in the two fingerprints"))
@@ -274,12 +322,14 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
     verdict, p, reason = decide(evidence, threshold)
     if verdict == "derived":
         identity_rejects = evidence[0].p_value is not None and evidence[0].p_value < threshold
-        transforms.extend(_transforms(maps, cosines if identity_rejects else perm_cos, moved, confident, a, b))
-        if identity_rejects and cosines and raw_cos and np.mean(cosines) > 0.9 and np.mean(raw_cos) < 0.5:
+        chosen = str(evidence[0].details.get("view_key", "idx"))
+        transforms.extend(_transforms(maps, id_cos[chosen] if identity_rejects else perm_cos, moved, confident, a, b))
+        by_view = evidence[0].details.get("views") or {}
+        p_basis, p_raw = by_view.get(VIEW_NAMES["idx"]), by_view.get(VIEW_NAMES["cidx"])
+        if p_basis is not None and p_raw is not None and p_basis < threshold <= p_raw:
             transforms.append(Transform("rotate", "B's residual stream is A's rotated or permuted: units agree in "
                                         "the token basis, not on raw coordinates",
-                                        {"target": "residual", "basis_cosine": round(float(np.mean(cosines)), 4),
-                                         "raw_cosine": round(float(np.mean(raw_cos)), 4)}))
+                                        {"target": "residual", "p_token_basis": p_basis, "p_raw_coordinates": p_raw}))
     return CompareResult(
         a=a.ref, b=b.ref, verdict=verdict, p_value=p, threshold=threshold, reason=reason, evidence=evidence,
         transforms=transforms, layer_map=layer_rows, rename_map={}, seed=seed,

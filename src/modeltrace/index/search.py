@@ -4,8 +4,8 @@ Two stages. The candidate stage (`index.candidates`) returns the models whose sm
 nearest the query's; the full fingerprint test (`index.fpcompare`) then runs on each candidate as
 A and the query as B, with the same verdict rule and threshold as `compare`. Results are best
 first: related models (combined p below the threshold) before unrelated ones, the related ranked
-by how close their units are (the share of sampled units matched to their own index times their
-mean cosine, which puts a parent above its more distant relatives), then by p-value.
+by how far the query's units moved from theirs (`distance`, which puts a parent above its
+siblings), then by p-value.
 
 Every p-value is the pair's own: testing many candidates makes a small p-value by chance more
 likely, so `SearchResult.family_wise` also reports the Bonferroni-adjusted threshold over the
@@ -35,7 +35,7 @@ class Hit:
     entry: Entry
     similarity: float  # candidate-stage cosine
     result: CompareResult
-    closeness: float
+    distance: float
 
     @property
     def related(self) -> bool:
@@ -45,7 +45,8 @@ class Hit:
         return {"name": self.entry.name, "ref": self.entry.ref, "labels": self.entry.labels,
                 "verdict": self.result.verdict, "p_value": self.result.p_value, "related": self.related,
                 "diagnosis": diagnosis(self.result), "reason": self.result.reason,
-                "closeness": round(self.closeness, 5), "candidate_similarity": round(self.similarity, 5),
+                "distance": None if self.distance == float("inf") else round(self.distance, 6),
+                "candidate_similarity": round(self.similarity, 5),
                 "transforms": [t.to_json() for t in self.result.transforms]}
 
 
@@ -76,19 +77,20 @@ class SearchResult:
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
-def closeness(result: CompareResult) -> float:
-    """How much of A survives in B: share of own-index units times their mean cosine (0 when unrelated)."""
-    best = 0.0
+def distance(result: CompareResult) -> float:
+    """How far B's units moved from A's, from the test that found the relation (lower is closer).
+
+    The median relative distance of the units matched to themselves (identity test) or agreed on
+    (permutation test). Among relatives this ranks a parent above its siblings: a child of P is
+    P plus its own change, a sibling is P plus two independent changes, so farther on average.
+    """
+    best = float("inf")
     for e in result.evidence:
-        if e.status != "ok" or e.method not in ("weight-identity", "weight-permutation"):
-            continue
-        layers = e.details.get("layers") or []
-        stat = "fixed" if e.method == "weight-identity" else "agree"
-        kept = sum(int(x["kept"]) for x in layers)
-        if kept:
-            best = max(best, sum(int(x[stat]) for x in layers) / kept)
-    cos = next((t.estimates.get("mean_cosine") for t in result.transforms if "mean_cosine" in t.estimates), None)
-    return best * (float(cos) if cos is not None else 1.0)
+        if e.status == "ok" and e.p_value is not None and e.p_value < result.threshold:
+            d = e.details.get("median_relative_distance")
+            if isinstance(d, (int, float)):
+                best = min(best, float(d))
+    return best
 
 
 def search(store: IndexStore, query: Fingerprint, *, top: int = 10, threshold: float = DEFAULT_THRESHOLD,
@@ -111,10 +113,9 @@ def search(store: IndexStore, query: Fingerprint, *, top: int = 10, threshold: f
             break
         fp = store.fingerprint(model_id)
         res = compare_fingerprints(fp, query, threshold=threshold, seed=seed)
-        hits.append(Hit(entry, sim, res, closeness(res) if res.verdict == "derived" else 0.0))
+        hits.append(Hit(entry, sim, res, distance(res) if res.verdict == "derived" else float("inf")))
     t3 = time.perf_counter()
-    hits.sort(key=lambda h: (not h.related, -h.closeness if h.related else 0.0, h.result.p_value,
-                             -h.similarity))
+    hits.sort(key=lambda h: (not h.related, h.distance, h.result.p_value, -h.similarity))
     tested = len(hits)
     return SearchResult(query=query.ref, hits=hits[:top], indexed=store.count(), candidates=tested,
                         threshold=threshold,
@@ -130,4 +131,4 @@ def rank_of(result: SearchResult, names: set[str]) -> int | None:
     return None
 
 
-__all__ = ["Hit", "SearchResult", "closeness", "rank_of", "search"]
+__all__ = ["Hit", "SearchResult", "distance", "rank_of", "search"]
