@@ -217,6 +217,25 @@ def synth_models(n: int, seed: int) -> tuple[list[tuple[str, Fingerprint, dict[s
     return out[:n], parent
 
 
+def test_cost(layers: int = 32, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Size and comparison time of fingerprints with an 8B model's shapes (32 layers of 14336 units, width 4096)."""
+    rng = np.random.default_rng(seed)
+    base = [_layer(rng, i) for i in range(layers)]
+    a = _fp("a", base)
+    b = _fp("b", [_noised(s, rng, 0.3) for s in base])
+    c = _fp("c", [_layer(rng, i) for i in range(layers)])
+    da, db, dc = to_bytes(a), to_bytes(b), to_bytes(c)
+    fa, fb, fc = from_bytes(da, "a"), from_bytes(db, "b"), from_bytes(dc, "c")
+    out: dict[str, Any] = {"layers": layers, "fingerprint_bytes": len(da)}
+    for label, other, data in (("derived", fb, db), ("unrelated", fc, dc)):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            r = compare_fingerprints(fa, from_bytes(data, label), threshold=THRESHOLD)
+        out[f"{label}_s"] = round((time.perf_counter() - t0) / repeats, 4)
+        out[f"{label}_verdict"] = r.verdict
+    return out
+
+
 def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> list[dict[str, Any]]:
     results = []
     for n in sizes:
@@ -346,6 +365,7 @@ def main() -> None:
         result["zoo"] = zoo(args.zoo)
     if args.synthetic:
         result["synthetic"] = synthetic([int(x) for x in args.synthetic.split(",")], args.queries, args.seed, None)
+        result["test_cost_8b_shapes"] = test_cost()
     if args.eight_b:
         result["8b"] = eight_b(args.eight_b)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -245,6 +245,16 @@ def _orient(arr: np.ndarray, width: int | None, kind: str, role: Role) -> np.nda
     return arr.T if stored_out_in else arr
 
 
+def _mlp_dtype(infos: dict[str, Any], roles: dict[str, Role]) -> str | None:
+    """The storage dtype (or quantization) most of the MLP weights use: "F32", "BF16", "Q4_K", ..."""
+    counts: dict[str, int] = {}
+    for name, role in roles.items():
+        if role.kind in MLP_KINDS and role.kind != "mlp_norm" and role.param == "weight":
+            key = infos[name].quantization or infos[name].dtype
+            counts[key] = counts.get(key, 0) + infos[name].numel
+    return max(counts, key=lambda k: counts[k]) if counts else None
+
+
 def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -313,7 +323,8 @@ def compute(model: Model, *, hash_files: bool = True, threads: int = 2) -> Finge
         "tensors": len(infos), "parameters": int(sum(i.numel for i in infos.values())),
         "tensor_names_sha256": _sha("\n".join(sorted(infos)).encode("utf-8", "replace")),
         "fixed_buffers": buffers, "files": file_hashes,
-        "hidden_size": width, **_artifacts(model, vocab),
+        "hidden_size": width, "embedding_rows": int(infos[emb[0]].shape[0]) if emb is not None else None,
+        "mlp_dtype": _mlp_dtype(infos, roles), **_artifacts(model, vocab),
     }
     if vocab:
         meta["_minhash"] = minhash(list(vocab))

@@ -187,8 +187,9 @@ def _rel_dist(xa: np.ndarray, yb: np.ndarray) -> list[float]:
     return out
 
 
-def _median(x: list[float]) -> float | None:
-    return round(float(np.median(x)), 6) if x else None
+def _rms(x: list[float]) -> float | None:
+    """Root mean square: squared distances add up along a chain of independent changes."""
+    return round(float(np.sqrt(np.mean(np.square(x)))), 6) if x else None
 
 
 def _identity(ident: dict[str, list[dict[str, Any]]], views: list[str], threshold: float,
@@ -219,22 +220,59 @@ def _identity(ident: dict[str, list[dict[str, Any]]], views: list[str], threshol
                     p_value=max(p, P_FLOOR), powered=powered, details=details)
 
 
+def _confident_share(pair: _Pair, sa: list[LayerSketch], sb: list[LayerSketch], view: str) -> np.ndarray:
+    """Share of A's units whose best match in B's layer is confident, for every layer pair at once.
+
+    The score of `weights.layers` (best cosine >= 0.5 and >= 1.25 x the runner-up), computed as one
+    batched product over all layer pairs whose stored rows have the same shape (0 elsewhere).
+    """
+    out = np.zeros((len(sa), len(sb)))
+    ra = [pair.rows("a", s, view) for s in sa]
+    rb = [pair.rows("b", s, view) for s in sb]
+    shapes = {x.shape for x in ra + rb if x is not None}
+    for shape in shapes:
+        ia = [k for k, x in enumerate(ra) if x is not None and x.shape[1] == shape[1]]
+        ib = [k for k, y in enumerate(rb) if y is not None and y.shape[1] == shape[1]]
+        ia = [k for k in ia if ra[k] is not None and ra[k].shape == shape]  # type: ignore[union-attr]
+        if not ia or not ib:
+            continue
+        xa = np.stack([_unit(ra[k]) for k in ia])  # type: ignore[arg-type]
+        for k in ib:
+            y = rb[k]
+            assert y is not None
+            if len(y) < 2:
+                continue
+            ok = [q for q in ia if pair.comparable(sa[q], sb[k], view)
+                  and (view not in ("idx", "cidx") or sa[q].n == sb[k].n)]
+            if not ok:
+                continue
+            sims = xa[[ia.index(q) for q in ok]] @ _unit(y).T  # (layers, units of A, units of B)
+            top2 = -np.partition(-sims, 1, axis=2)[:, :, :2]
+            conf = (top2[:, :, 0] >= 0.5) & (top2[:, :, 0] >= 1.25 * np.maximum(top2[:, :, 1], 1e-12))
+            out[ok, k] = np.maximum(out[ok, k], conf.mean(axis=1))
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
+    return out.astype(np.float32)
+
+
 def _layer_maps(pair: _Pair) -> dict[str, tuple[LayerMap, dict[int, LayerSketch], dict[int, LayerSketch]]]:
     out = {}
     for comp in sorted(set(pair.a.components()) & set(pair.b.components())):
         la = {s.layer: s for s in pair.a.layers if s.component == comp}
         lb = {s.layer: s for s in pair.b.layers if s.component == comp}
+        oa, ob = sorted(la), sorted(lb)
+        share = np.zeros((len(oa), len(ob)))
+        for view in ("idx", "in", "cidx"):
+            share = np.maximum(share, _confident_share(pair, [la[i] for i in oa], [lb[j] for j in ob], view))
 
-        def score(i: int, j: int, full: bool, la: dict[int, LayerSketch] = la,
-                  lb: dict[int, LayerSketch] = lb) -> float:
-            best = 0.0
-            for view in ("idx", "in", "cidx"):
-                um = pair.match(la[i], lb[j], view)
-                if um is not None and len(um.best):
-                    best = max(best, float(np.mean(um.confident())))
-            return best
+        def score(i: int, j: int, full: bool, share: np.ndarray = share, oa: list[int] = oa,
+                  ob: list[int] = ob) -> float:
+            return float(share[oa.index(i), ob.index(j)])
 
-        out[comp] = (layer_map(sorted(la), sorted(lb), score), la, lb)
+        out[comp] = (layer_map(oa, ob, score), la, lb)
     return out
 
 
@@ -250,12 +288,39 @@ def _pairs(lmap: LayerMap, la: dict[int, LayerSketch], lb: dict[int, LayerSketch
     return out
 
 
+_Plan = dict[str, tuple[LayerMap | None, dict[int, LayerSketch], dict[int, LayerSketch], list[tuple[int, int]]]]
+
+
+def _screen_pairs(pair: _Pair, layers: int) -> _Plan:
+    """Up to `layers` evenly spaced same-index layer pairs per component (no layer map)."""
+    out: _Plan = {}
+    for comp in sorted(set(pair.a.components()) & set(pair.b.components())):
+        la = {s.layer: s for s in pair.a.layers if s.component == comp}
+        lb = {s.layer: s for s in pair.b.layers if s.component == comp}
+        common = sorted(set(la) & set(lb))
+        if len(common) > layers:
+            common = [common[int(k)] for k in np.linspace(0, len(common) - 1, layers).round().astype(int)]
+        out[comp] = (None, la, lb, [(i, i) for i in common if pair.any_comparable(la[i], lb[i])])
+    return out
+
+
 def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = DEFAULT_THRESHOLD,
-                         seed: int = 0) -> CompareResult:
-    """Is B derived from A, from their fingerprints alone? The same verdict rule as `compare`."""
+                         seed: int = 0, screen: int | None = None) -> CompareResult:
+    """Is B derived from A, from their fingerprints alone? The same verdict rule as `compare`.
+
+    `screen`: test only that many evenly spaced same-index layer pairs per component and build no
+    layer map (the search's cheap first look; its p-values are valid, with less power for models
+    whose layers moved).
+    """
     t0 = time.perf_counter()
     pair = _Pair(a, b)
-    maps = _layer_maps(pair)
+    plan: _Plan
+    if screen is not None:
+        plan = _screen_pairs(pair, screen)
+        maps: dict[str, tuple[LayerMap, dict[int, LayerSketch], dict[int, LayerSketch]]] = {}
+    else:
+        maps = _layer_maps(pair)
+        plan = {comp: (lmap, la, lb, _pairs(lmap, la, lb, pair)) for comp, (lmap, la, lb) in maps.items()}
     ident: dict[str, list[dict[str, Any]]] = {"idx": [], "cidx": []}
     id_cos: dict[str, list[float]] = {"idx": [], "cidx": []}
     id_dist: dict[str, list[float]] = {"idx": [], "cidx": []}
@@ -265,9 +330,10 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
     perm_cos: list[float] = []
     moved = 0
     confident = 0
-    for comp, (lmap, la, lb) in maps.items():
-        layer_rows.extend(lmap.entries(comp))
-        for i, j in _pairs(lmap, la, lb, pair):
+    for comp, (lmap, la, lb, todo) in plan.items():
+        if lmap is not None:
+            layer_rows.extend(lmap.entries(comp))
+        for i, j in todo:
             sa, sb = la[i], lb[j]
             for view in ("idx", "cidx"):
                 um = pair.match(sa, sb, view) if sa.n == sb.n else None
@@ -306,21 +372,22 @@ def compare_fingerprints(a: Fingerprint, b: Fingerprint, *, threshold: float = D
     if views:
         evidence.append(_identity(ident, views, threshold, basis_note))
         key = str(evidence[-1].details["view_key"])
-        evidence[-1].details["median_relative_distance"] = _median(id_dist[key])
+        evidence[-1].details["rms_relative_distance"] = _rms(id_dist[key])
+        evidence[-1].details["distances"] = {VIEW_NAMES[v]: _rms(id_dist[v]) for v in views}
     else:
         evidence.append(Evidence.skipped("weight-identity", "no layer pair with the same unit count and a "
                                          "shared basis in the two fingerprints"))
     if perm:
         evidence.append(_combine("weight-permutation", perm, "agree", "selected MLP units on which the input-row "
                                  "and output-column matchings agree", threshold, basis_note))
-        evidence[-1].details["median_relative_distance"] = _median(perm_dist)
+        evidence[-1].details["rms_relative_distance"] = _rms(perm_dist)
     else:
         evidence.append(Evidence.skipped("weight-permutation", "no layer pair with both views and a shared basis "
                                          "in the two fingerprints"))
     artifacts, transforms = _artifacts(a, b)
     evidence.append(artifacts)
     verdict, p, reason = decide(evidence, threshold)
-    if verdict == "derived":
+    if verdict == "derived" and screen is None:
         identity_rejects = evidence[0].p_value is not None and evidence[0].p_value < threshold
         chosen = str(evidence[0].details.get("view_key", "idx"))
         transforms.extend(_transforms(maps, id_cos[chosen] if identity_rejects else perm_cos, moved, confident, a, b))
