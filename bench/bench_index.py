@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,16 +182,16 @@ def _fp(name: str, layers: list[LayerSketch]) -> Fingerprint:
 CHILD_KINDS = ("finetune", "heavy", "permute", "layer-drop")
 
 
-def synth_models(n: int, seed: int) -> tuple[list[tuple[str, Fingerprint, dict[str, str]]], dict[str, str]]:
-    """n fingerprints: families (base, 4 children, 1 grandchild = 6) filling 20 %, unrelated models the rest."""
+def synth_models(n: int, seed: int, parent: dict[str, str]) -> Iterator[tuple[str, Fingerprint, dict[str, str]]]:
+    """n fingerprints, made lazily: families (base, 4 children, 1 grandchild = 6) filling 20 %, unrelated
+    models the rest; `parent` receives each derived model's parent."""
     rng = np.random.default_rng(seed)
-    out: list[tuple[str, Fingerprint, dict[str, str]]] = []
-    parent: dict[str, str] = {}
+    made = 0
     n_fam = max(1, n // 5 // 6)
     for f in range(n_fam):
         base = [_layer(rng, i) for i in range(LAYERS)]
         bname = f"fam{f}-base"
-        out.append((bname, _fp(bname, base), {"family": str(f), "kind": "base"}))
+        yield bname, _fp(bname, base), {"family": str(f), "kind": "base"}
         children = {}
         for kind in CHILD_KINDS:
             if kind == "finetune":
@@ -203,18 +204,16 @@ def synth_models(n: int, seed: int) -> tuple[list[tuple[str, Fingerprint, dict[s
                 ls = [_noised(base[0], rng, 0.1)]
             name = f"fam{f}-{kind}"
             children[kind] = ls
-            out.append((name, _fp(name, ls), {"family": str(f), "kind": kind}))
             parent[name] = bname
+            yield name, _fp(name, ls), {"family": str(f), "kind": kind}
         gname = f"fam{f}-finetune-finetune"
-        out.append((gname, _fp(gname, [_noised(s, rng, 0.3) for s in children["finetune"]]),
-                    {"family": str(f), "kind": "grandchild"}))
         parent[gname] = f"fam{f}-finetune"
-    k = 0
-    while len(out) < n:
+        yield gname, _fp(gname, [_noised(s, rng, 0.3) for s in children["finetune"]]), \
+            {"family": str(f), "kind": "grandchild"}
+        made += 6
+    for k in range(n - made):
         name = f"solo{k}"
-        out.append((name, _fp(name, [_layer(rng, i) for i in range(LAYERS)]), {"kind": "unrelated"}))
-        k += 1
-    return out[:n], parent
+        yield name, _fp(name, [_layer(rng, i) for i in range(LAYERS)]), {"kind": "unrelated"}
 
 
 def test_cost(layers: int = 32, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
@@ -242,10 +241,12 @@ def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> l
         tmp = Path(tempfile.mkdtemp(prefix="mt-index-"))
         try:
             t0 = time.perf_counter()
-            items, parent = synth_models(n, seed)
+            parent: dict[str, str] = {}
+            kinds: dict[str, str] = {}
             store = IndexStore(tmp / "index.db")
             batch = []
-            for name, fp, labels in items:
+            for name, fp, labels in synth_models(n, seed, parent):  # memory holds one batch, not the index
+                kinds[name] = labels["kind"]
                 data = to_bytes(fp)
                 batch.append((name, from_bytes(data, name), data, labels))
                 if len(batch) == 2000:
@@ -253,6 +254,7 @@ def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> l
                     batch = []
             if batch:
                 store.add_many(batch)
+            del batch
             t_fill = time.perf_counter() - t0
             t0 = time.perf_counter()
             cand = open_candidates(store, "usearch")
@@ -261,13 +263,13 @@ def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> l
             exact = ExactCandidates()
             exact.build(ids, vecs)
             name_of = {e.id: e.name for e in store.entries()}
+            id_of = {v: k for k, v in name_of.items()}
             rng = np.random.default_rng(seed + 1)
-            derived = [name for name, _, lab in items if name in parent]
-            unrelated = [name for name, _, lab in items if lab.get("kind") == "unrelated"]
+            derived = sorted(parent)
+            unrelated = sorted(k for k, v in kinds.items() if v == "unrelated")
             pick = list(rng.choice(derived, min(queries, len(derived)), replace=False))
             pick_u = list(rng.choice(unrelated, min(queries // 4, len(unrelated)), replace=False)) if unrelated else []
-            fps = {name: fp for name, fp, _ in items}
-            kinds = {name: lab["kind"] for name, _, lab in items}
+            fps = {q: store.fingerprint(id_of[q]) for q in pick + pick_u}
             rows = []
             for q in pick + pick_u:
                 fp = fps[q]
@@ -296,7 +298,7 @@ def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> l
                 b["top3"] += r["rank"] is not None and r["rank"] <= 3
                 b["ann"] += bool(r["parent_in_ann"])
             results.append({
-                "models": n, "families": sum(1 for _, _, lab in items if lab.get("kind") == "base"),
+                "models": n, "families": sum(1 for k in kinds.values() if k == "base"),
                 "fill_s": round(t_fill, 2), "ann_build_s": round(t_ann, 2), "db_bytes": st["file_bytes"],
                 "mean_fingerprint_bytes": st["mean_fingerprint_bytes"], "queries": len(rows),
                 "search_median_s": round(float(np.median(times)), 4),
@@ -349,6 +351,97 @@ def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
             "peak_rss_mib": round(after.ru_maxrss / 1024, 1), "stdout": p.stdout}
 
 
+# --- report --------------------------------------------------------------------------------
+def _p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def render(result: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks/index.md, derived from the results JSON."""
+    out: list[str] = [f"Generated by `{result.get('command', '')}` at commit `{result.get('git', '')[:12]}`.", ""]
+    z = result.get("zoo")
+    if z:
+        pairs = z["pairs"]
+        same_all = sum(p["model"]["verdict"] == p["fingerprint"]["verdict"] for p in pairs)
+        same_w = sum(p["weights"]["verdict"] == p["fingerprint"]["verdict"] for p in pairs)
+        out += ["### Fingerprint against fingerprint, model against model (quick zoo)", "",
+                (f"{len(pairs)} pairs; same verdict as the full compare (all methods but behaviour): {same_all}; "
+                f"as the weight methods alone: {same_w}."), "",
+                ("| pair | kind | label | model verdict | model p | weights p | fingerprint verdict | fingerprint p | "
+                "log10 p lost |"), "|---|---|---|---|---|---|---|---|---|"]
+        for p in pairs:
+            pm, pf = p["model"]["p_value"], p["fingerprint"]["p_value"]
+            lost = (np.log10(max(pf, 1e-300)) - np.log10(max(pm, 1e-300))) if pm and pf else 0.0
+            flag = "" if p["model"]["verdict"] == p["fingerprint"]["verdict"] else " **differs**"
+            out.append(f"| {p['pair']} | {p['kind']} | {p['label']} | {p['model']['verdict']} | {_p(pm)} | "
+                       f"{_p(p['weights']['p_value'])} | {p['fingerprint']['verdict']}{flag} | {_p(pf)} | "
+                       f"{lost:+.0f} |")
+        fps = z["fingerprints"]
+        out += ["", (f"Fingerprints: {len(fps)} models, {min(f['bytes'] for f in fps)}-{max(f['bytes'] for f in fps)} "
+                    f"bytes, median {int(np.median([f['bytes'] for f in fps]))}; "
+                    f"median fingerprinting time {np.median([f['wall_s'] for f in fps]):.2f} s."), ""]
+        rows = [s for s in z["searches"] if s["parents"]]
+        by: dict[str, list[Any]] = defaultdict(list)
+        for s in rows:
+            by[s["kind"]].append(s["parent_rank"])
+        out += ["### Search on the quick zoo: rank of the true parent among the related hits", "",
+                "Every model indexed; each derived model searched for with itself excluded.", "",
+                "| derivation kind | models | parent top-1 | parent top-3 | ranks |", "|---|---|---|---|---|"]
+        for kind in sorted(by):
+            ranks = by[kind]
+            out.append(f"| {kind} | {len(ranks)} | {sum(r == 1 for r in ranks)} | "
+                       f"{sum(r is not None and r <= 3 for r in ranks)} | "
+                       f"{', '.join('-' if r is None else str(r) for r in ranks)} |")
+        t1 = sum(s["parent_rank"] == 1 for s in rows)
+        t3 = sum(s["parent_rank"] is not None and s["parent_rank"] <= 3 for s in rows)
+        false_rel = sum(len(s["false_related"]) for s in z["searches"])
+        out += ["", (f"All: top-1 {t1} of {len(rows)}, top-3 {t3} of {len(rows)}. Models reported related that are "
+                    f"not of the query's lineage, over all {len(z['searches'])} searches: {false_rel}. Median search "
+                    f"time {np.median([s['search_s'] for s in z['searches']]):.3f} s."), ""]
+    syn = result.get("synthetic")
+    if syn:
+        out += ["### Synthetic index: search time and candidate-stage recall by size", "",
+                ("| models | families | index file | fill | HNSW build | search median | p95 | max | candidate stage "
+                "median | recall (HNSW) | recall (exact scan) | top-1 | top-3 | false relatives | peak RSS |"),
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in syn:
+            out.append(f"| {r['models']:,} | {r['families']:,} | {r['db_bytes'] / 1e6:.0f} MB | {r['fill_s']:.0f} s | "
+                       f"{r['ann_build_s']:.1f} s | {r['search_median_s']:.3f} s | {r['search_p95_s']:.3f} s | "
+                       f"{r['search_max_s']:.3f} s | {r['candidate_stage_median_s'] * 1e3:.2f} ms | {r['recall_ann']:.3f} | "
+                       f"{r['recall_exact']:.3f} | {r['top1']:.3f} | {r['top3']:.3f} | {r['false_related']} | "
+                       f"{r['rss_mib']:.0f} MiB |")
+        last = syn[-1]
+        out += ["", (f"By derivation kind at {last['models']:,} models (queries, parent in the candidates, top-1, "
+                    "top-3):"), ""]
+        for kind, b in sorted(last["by_kind"].items()):
+            out.append(f"- {kind}: {b['n']} queries, candidates {b['ann']}, top-1 {b['top1']}, top-3 {b['top3']}")
+        out.append("")
+    tc = result.get("test_cost_8b_shapes")
+    if tc:
+        out += [(f"Fingerprint with an 8B model's shapes ({tc['layers']} layers of 14,336 units): {tc['fingerprint_bytes']:,} "
+                f"bytes; one full fingerprint test {tc['derived_s']:.3f} s (derived pair), {tc['unrelated_s']:.3f} s "
+                "(unrelated pair, full layer map)."), ""]
+    e = result.get("8b")
+    if e:
+        f1, f2 = e["fingerprint"], e["fingerprint_no_file_hashes"]
+        out += ["### 8B-shaped checkpoint (bf16, 4 shards)", "",
+                "| run | wall | CPU | MB/s of the files | share of cat's speed | peak RSS |", "|---|---|---|---|---|---|",
+                f"| cat | {e['cat']['wall_s']} s | {e['cat']['cpu_s']} s | {e['cat']['MB_per_s']} | 1 | - |",
+                (f"| fingerprint | {f1['wall_s']} s | {f1['cpu_s']} s | {f1['MB_per_s']} | {f1['share_of_cat']} | "
+                f"{f1['peak_rss_mib']} MiB |"),
+                (f"| fingerprint --no-file-hashes | {f2['wall_s']} s | {f2['cpu_s']} s | {f2['MB_per_s']} | "
+                f"{f2['share_of_cat']} | {f2['peak_rss_mib']} MiB |"), "",
+                f"Checkpoint {e['checkpoint_bytes'] / 1e9:.2f} GB; fingerprint file {e['fingerprint_bytes']:,} bytes.", ""]
+    return "\n".join(out)
+
+
+def write_doc(result: dict[str, Any], doc: Path) -> None:
+    text = doc.read_text()
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    a, b = text.index(start) + len(start), text.index(end)
+    doc.write_text(text[:a] + "\n" + render(result) + "\n" + text[b:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, help="zoo manifest.json")
@@ -357,7 +450,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--8b", dest="eight_b", type=Path, default=None, help="folder for the 8B-shaped checkpoint")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
+    ap.add_argument("--write-doc", action="store_true",
+                    help="only render docs/benchmarks/index.md's results block from --out")
     args = ap.parse_args()
+    if args.write_doc:
+        write_doc(json.loads(args.out.read_text()), REPO / "docs" / "benchmarks" / "index.md")
+        return
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     result["command"] = " ".join(sys.argv)
     result["git"] = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=REPO).stdout.strip()
