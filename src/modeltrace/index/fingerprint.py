@@ -31,6 +31,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +128,16 @@ def idx_count(n: int) -> int:
     return IDX_UNITS
 
 
+@lru_cache(maxsize=256)
+def _idx_indices(n: int) -> np.ndarray:
+    out = sample_units(n, idx_count(n), np.random.default_rng([FP_SEED, n]))
+    out.setflags(write=False)
+    return out
+
+
 def idx_indices(n: int) -> np.ndarray:
-    """The unit indices every fingerprint samples in a layer of n units (seeded by n only)."""
-    return sample_units(n, idx_count(n), np.random.default_rng([FP_SEED, n]))
+    """The unit indices every fingerprint samples in a layer of n units (seeded by n only; read-only)."""
+    return _idx_indices(n)
 
 
 # --- computing ---------------------------------------------------------------------------------

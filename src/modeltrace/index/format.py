@@ -14,6 +14,7 @@ violation is a `FormatError` naming the file. Nothing in a fingerprint is execut
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ def _array(where: str | Path, name: str, spec: Any, body: memoryview) -> np.ndar
             raise FormatError(where, f"array {name!r}: {label} {v!r} is not a non-negative integer")
     assert isinstance(offset, int) and isinstance(nbytes, int)
     dt = DTYPES[dname]
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    numel = math.prod(shape)
     if numel * dt.itemsize != nbytes:
         raise FormatError(where, f"array {name!r}: shape {shape} of {dname} needs {numel * dt.itemsize} bytes, "
                                  f"table says {nbytes}")

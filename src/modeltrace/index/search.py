@@ -32,7 +32,7 @@ from modeltrace.index.store import Entry, IndexStore
 
 SCHEMA = "modeltrace.index-search/1"
 MIN_CANDIDATES = 32
-SCREEN_LAYERS = 8  # layer pairs per component in the first look at a candidate
+SCREEN_LAYERS = 4  # layer pairs per component in the first look at a candidate
 SCREEN_LEVEL = 1e-3  # candidates whose first look reaches this get the full test (with the layer map)
 
 
