@@ -328,6 +328,27 @@ def synthetic(sizes: list[int], queries: int, seed: int, keep: Path | None) -> l
     return results
 
 
+def ann_size(n: int, seed: int = 0) -> dict[str, Any]:
+    """The HNSW structure alone over n random candidate vectors: file size, build and query time."""
+    from modeltrace.index.fingerprint import VECTOR_DIM
+
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((n, VECTOR_DIM)).astype(np.float32)
+    cand = UsearchCandidates()
+    t0 = time.perf_counter()
+    cand.build(np.arange(n, dtype=np.int64), vecs)
+    build = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.ann"
+        cand.save(path)
+        size = path.stat().st_size
+    t0 = time.perf_counter()
+    for k in range(200):
+        cand.search(vecs[k], 32)
+    return {"vectors": n, "file_bytes": size, "bytes_per_model": round(size / n, 1), "build_s": round(build, 2),
+            "query_ms": round((time.perf_counter() - t0) / 200 * 1e3, 3)}
+
+
 # --- 3. 8B-shaped checkpoint -----------------------------------------------------------------
 def eight_b(cache: Path) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "bench"))
@@ -432,6 +453,11 @@ def render(result: dict[str, Any]) -> str:
         out += [(f"Fingerprint with an 8B model's shapes ({tc['layers']} layers of 14,336 units): {tc['fingerprint_bytes']:,} "
                 f"bytes; one full fingerprint test {tc['derived_s']:.3f} s (derived pair), {tc['unrelated_s']:.3f} s "
                 "(unrelated pair, full layer map)."), ""]
+    ann = result.get("ann_size")
+    if ann:
+        out += [(f"The HNSW structure alone over {ann['vectors']:,} random candidate vectors: {ann['file_bytes'] / 1e6:.1f} MB "
+                f"({ann['bytes_per_model']} bytes per model), built in {ann['build_s']} s, {ann['query_ms']} ms per "
+                "query for 32 neighbours."), ""]
     e = result.get("8b")
     if e:
         f1, f2 = e["fingerprint"], e["fingerprint_no_file_hashes"]
@@ -473,7 +499,8 @@ def main() -> None:
                                     "sections": [k for k in ("zoo", "synthetic") if k in result]}]
                                   if "command" in result else [])
     sections = [k for k, on in (("zoo", args.zoo), ("synthetic", args.synthetic), ("8b", args.eight_b),
-                                ("test_cost_8b_shapes", args.test_cost or args.synthetic)) if on]
+                                ("test_cost_8b_shapes", args.test_cost or args.synthetic),
+                                ("ann_size", args.test_cost)) if on]
     git = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=REPO)
     runs = [r for r in runs if not set(r["sections"]) <= set(sections)]
     runs.append({"command": " ".join(sys.argv), "git": git.stdout.strip(), "sections": sections})
@@ -484,6 +511,8 @@ def main() -> None:
         result["synthetic"] = synthetic([int(x) for x in args.synthetic.split(",")], args.queries, args.seed, None)
     if args.synthetic or args.test_cost:
         result["test_cost_8b_shapes"] = test_cost()
+    if args.test_cost:
+        result["ann_size"] = ann_size(100_000)
     if args.eight_b:
         result["8b"] = eight_b(args.eight_b)
     args.out.parent.mkdir(parents=True, exist_ok=True)
