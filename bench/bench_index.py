@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from modeltrace.compare import compare
-from modeltrace.index.candidates import ExactCandidates, open_candidates
+from modeltrace.index.candidates import ExactCandidates, UsearchCandidates, open_candidates
 from modeltrace.index.fingerprint import (
     BASIS_TOKENS,
     COORD_DIMS,
