@@ -148,3 +148,16 @@ def test_kill_9_during_add_leaves_only_whole_models_and_the_next_add_carries_on(
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"added {80 - before}, skipped {before} already indexed, failed 0; 80 model(s)")
+
+
+def test_two_concurrent_writers_both_finish(tmp_path: Path, family: dict[str, Path]) -> None:
+    db = tmp_path / "i.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    groups = [[str(family[k]) for k in ("base", "noise", "permute")], [str(family[k]) for k in ("other0", "other1")]]
+    procs = [subprocess.Popen([sys.executable, "-m", "modeltrace", "index", "--index", str(db), "add", *g], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for g in groups]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    with IndexStore(db) as s:
+        assert sorted(e.name for e in s.entries()) == sorted(groups[0] + groups[1])
+        assert s.generation() == 5
