@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "same-model": "modeltrace.cli.same_model_cmd:same_model",
     "fingerprint": "modeltrace.cli.fingerprint_cmd:fingerprint",
     "index": "modeltrace.cli.index_cmd:index",
+    "tree": "modeltrace.cli.tree_cmd:tree",
 }
 
 

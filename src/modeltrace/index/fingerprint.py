@@ -77,6 +77,7 @@ class LayerSketch:
     sel: np.ndarray  # (t,) int64 unit indices chosen by content
     sel_in: np.ndarray  # (t, K)
     sel_out: np.ndarray | None  # (t, K) or None without an output projection
+    kurtosis: float | None = None  # excess kurtosis of the input projection's weights (a direction prior)
 
     @property
     def idx(self) -> np.ndarray:
@@ -332,7 +333,8 @@ def compute(model: Model, *, hash_files: bool = True, threads: int = 2) -> Finge
         "tensor_names_sha256": _sha("\n".join(sorted(infos)).encode("utf-8", "replace")),
         "fixed_buffers": buffers, "files": file_hashes,
         "hidden_size": width, "embedding_rows": int(infos[emb[0]].shape[0]) if emb is not None else None,
-        "mlp_dtype": _mlp_dtype(infos, roles), **_artifacts(model, vocab),
+        "mlp_dtype": _mlp_dtype(infos, roles),
+        "experts": len({r.expert for r in roles.values() if r.expert is not None}), **_artifacts(model, vocab),
     }
     if vocab:
         meta["_minhash"] = minhash(list(vocab))
@@ -403,6 +405,7 @@ def _sketch_one(src: TensorSource, infos: dict[str, Any], lay: _Layer, buf: np.n
     norms = np.sqrt(np.einsum("ij,ij->i", w_in, w_in) if g is None else
                     np.einsum("ij,ij,j->i", w_in, w_in, (g * g).astype(np.float32)))
     sel = np.sort(np.argsort(-norms.astype(np.float64), kind="stable")[: min(SEL_UNITS, n)])
+    kurt = _kurtosis(w_in)
     idx = idx_indices(n)
     pick = np.concatenate([idx, sel])
     rows = w_in[pick] * g[None, :] if g is not None else np.array(w_in[pick])
@@ -420,7 +423,30 @@ def _sketch_one(src: TensorSource, infos: dict[str, Any], lay: _Layer, buf: np.n
     return LayerSketch(
         component=lay.component, layer=lay.layer, n=n, width=d, basis="tokens" if tokens else f"coords:{d}",
         idx_in=_roundtrip(c[: len(idx)]), cidx_in=cidx.astype(np.float16).astype(np.float32), sel=sel.astype(np.int64),
-        sel_in=_roundtrip(c[len(idx):]), sel_out=_roundtrip(c_out) if c_out is not None else None), read_bytes
+        sel_in=_roundtrip(c[len(idx):]), sel_out=_roundtrip(c_out) if c_out is not None else None,
+        kurtosis=kurt), read_bytes
+
+
+def _kurtosis(w: np.ndarray) -> float | None:
+    """Excess kurtosis of a weight matrix's values (MoTHer's direction signal, Horwitz et al., ICLR 2025).
+
+    Power sums in float64 over blocks of rows, so the memory stays a block, not a float64 copy.
+    """
+    n = w.size
+    if n < 4:
+        return None
+    sums = np.zeros(4)
+    step = max(1, (1 << 20) // max(1, w.shape[1] if w.ndim > 1 else 1))
+    for r in range(0, w.shape[0], step):
+        x = w[r:r + step].astype(np.float64).reshape(-1)
+        x2 = x * x
+        sums += (x.sum(), x2.sum(), (x2 * x).sum(), (x2 * x2).sum())
+    m1, m2r, m3r, m4r = sums / n
+    var = m2r - m1 * m1
+    if not np.isfinite(var) or var <= 0:
+        return None
+    m4 = m4r - 4 * m1 * m3r + 6 * m1 * m1 * m2r - 3 * m1 ** 4
+    return round(float(m4 / (var * var) - 3.0), 6)
 
 
 def _comp(basis: Basis | None) -> str | None:
@@ -472,7 +498,7 @@ def to_raw(fp: Fingerprint) -> fmt.RawFingerprint:
                 arrays[p + key + ".q"], arrays[p + key + ".s"] = q, sc
         arrays[p + "sel"] = s.sel.astype(np.int32)
         layers_meta.append({"component": s.component, "layer": s.layer, "n": s.n, "width": s.width,
-                            "basis": s.basis})
+                            "basis": s.basis, **({"kurtosis": s.kurtosis} if s.kurtosis is not None else {})})
     meta = {k: v for k, v in fp.meta.items() if not k.startswith("_")}
     if "_minhash" in fp.meta:
         arrays["tokenizer/minhash"] = np.asarray(fp.meta["_minhash"], dtype=np.uint64)
@@ -538,8 +564,10 @@ def from_raw(raw: fmt.RawFingerprint, where: str | Path, sha256: str = "", size:
                 or (sel_out is not None and sel_out.shape != sel_in.shape) \
                 or idx_in.shape[1] != sel_in.shape[1] or (len(sel) and (sel.min() < 0 or sel.max() >= n)):
             raise FormatError(where, f"layer {k}: sketch shapes do not fit a layer of {n} units")
+        kurt = lm.get("kurtosis")
         layers.append(LayerSketch(lm["component"], int(lm["layer"]), n, int(lm["width"]), lm["basis"], idx_in,
-                                  cidx_in, sel, sel_in, sel_out))
+                                  cidx_in, sel, sel_in, sel_out,
+                                  float(kurt) if isinstance(kurt, (int, float)) and not isinstance(kurt, bool) else None))
     basis = None
     if "basis" in h:
         b = h["basis"]
