@@ -141,6 +141,47 @@ def zoo(manifest_path: Path) -> dict[str, Any]:
     return {"fingerprints": fp_rows, "pairs": pairs, "searches": searches}
 
 
+# what `lineage.tree.edge_kind` should call each zoo derivation
+EXPECTED_KIND = {"finetune": {"finetune"}, "lora": {"finetune", "noise"}, "continued-pretrain": {"finetune"},
+                 "noise": {"noise", "identical"}, "cast": {"cast"}, "quantize-int8": {"quantize"},
+                 "gguf-q8_0": {"quantize"}, "gguf-q4_k": {"quantize"}, "onnx-int8": {"quantize"},
+                 "layer-drop": {"layer-drop"}, "width-prune": {"prune"}, "depth-upscale": {"upscale"},
+                 "merge-linear": {"merge"}, "merge-slerp": {"merge"}, "merge-task-arithmetic": {"merge", "finetune"},
+                 "permute": {"permute"}, "rotate": {"rotate"}, "shell": {"permute", "identical"},
+                 "vocab-extend": {"vocab-change"}, "vocab-prune": {"vocab-change"}, "upcycle-moe": {"upcycle"},
+                 "distill": {"distill"}, "multimodal-shell": {"identical", "noise"}}
+
+
+def tree_eval(manifest_path: Path) -> dict[str, Any]:
+    """The zoo's tree recovered from fingerprints: edges placed, directions and kinds right, misses listed."""
+    from modeltrace.lineage.tree import build_tree, to_dot
+
+    man = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    fps = {}
+    for m in man["models"]:
+        with Model.open(str(root / m["path"])) as model:
+            fps[m["id"]] = from_bytes(to_bytes(compute(model)), m["id"])
+    t0 = time.perf_counter()
+    tree = build_tree(fps, threshold=THRESHOLD)
+    seconds = time.perf_counter() - t0
+    rows = []
+    for m in man["models"]:
+        if not m["parents"]:
+            continue
+        truth = set(m["parents"])
+        got = set(tree.parents(m["id"]))
+        near = got | {e.child for e in tree.edges if e.parent == m["id"]}
+        kinds = sorted({e.kind for e in tree.edges if e.child == m["id"] and e.parent in truth}
+                       | {e.kind for e in tree.edges if e.parent == m["id"] and e.child in truth})
+        rows.append({"model": m["id"], "kind": m["kind"], "parents": sorted(truth), "tree_parents": sorted(got),
+                     "placed": bool(truth & near), "direction": bool(truth & got),
+                     "kind_right": bool(set(kinds) & EXPECTED_KIND.get(m["kind"], set())), "edge_kinds": kinds})
+    (REPO / "docs" / "benchmarks" / "img").mkdir(parents=True, exist_ok=True)
+    (REPO / "docs" / "benchmarks" / "img" / "index-zoo-tree.dot").write_text(to_dot(tree))
+    return {"seconds": round(seconds, 1), "tree": tree.to_json(), "rows": rows}
+
+
 # --- 2. synthetic index ----------------------------------------------------------------------
 K = BASIS_TOKENS
 LAYERS = 2
@@ -471,6 +512,22 @@ def render(result: dict[str, Any]) -> str:
                 (f"| fingerprint --no-file-hashes | {f2['wall_s']} s | {f2['cpu_s']} s | {f2['MB_per_s']} | "
                 f"{f2['share_of_cat']} | {f2['peak_rss_mib']} MiB |"), "",
                 f"Checkpoint {e['checkpoint_bytes'] / 1e9:.2f} GB; fingerprint file {e['fingerprint_bytes']:,} bytes.", ""]
+    tr = result.get("tree")
+    if tr:
+        rows = tr["rows"]
+        n = len(rows)
+        out += ["### Lineage tree of the quick zoo (`modeltrace tree`)", "",
+                f"{n} derived models; parent edge placed (either direction) {sum(r['placed'] for r in rows)}, direction "
+                f"right {sum(r['direction'] for r in rows)}, kind right {sum(r['kind_right'] for r in rows)}; "
+                f"{tr['tree']['related_pairs']} related pairs of {tr['tree']['tested_pairs']} tested in "
+                f"{tr['seconds']} s. The tree as DOT: `docs/benchmarks/img/index-zoo-tree.dot`.", "",
+                "| model | kind | true parent(s) | tree parent(s) | placed | direction | edge kind |",
+                "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| {r['model']} | {r['kind']} | {', '.join(r['parents'])} | {', '.join(r['tree_parents']) or '-'} | "
+                       f"{'yes' if r['placed'] else 'no'} | {'yes' if r['direction'] else 'no'} | "
+                       f"{', '.join(r['edge_kinds']) or '-'}{'' if r['kind_right'] else ' (wrong)'} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -529,6 +586,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--8b", dest="eight_b", type=Path, default=None, help="folder for the 8B-shaped checkpoint")
+    ap.add_argument("--tree", type=Path, default=None, help="zoo manifest.json: recover its lineage tree")
     ap.add_argument("--test-cost", action="store_true", help="time the tests on fingerprints of 8B shapes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
     ap.add_argument("--write-doc", action="store_true",
@@ -543,7 +601,7 @@ def main() -> None:
                                   if "command" in result else [])
     sections = [k for k, on in (("zoo", args.zoo), ("synthetic", args.synthetic), ("8b", args.eight_b),
                                 ("test_cost_8b_shapes", args.test_cost or args.synthetic),
-                                ("ann_size", args.test_cost)) if on]
+                                ("ann_size", args.test_cost), ("tree", args.tree)) if on]
     git = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=REPO)
     runs = [r for r in runs if not set(r["sections"]) <= set(sections)]
     runs.append({"command": " ".join(sys.argv), "git": git.stdout.strip(), "sections": sections})
@@ -558,6 +616,8 @@ def main() -> None:
         result["ann_size"] = ann_size(100_000)
     if args.eight_b:
         result["8b"] = eight_b(args.eight_b)
+    if args.tree:
+        result["tree"] = tree_eval(args.tree)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(args.out)
