@@ -517,10 +517,10 @@ def render(result: dict[str, Any]) -> str:
         rows = tr["rows"]
         n = len(rows)
         out += ["### Lineage tree of the quick zoo (`modeltrace tree`)", "",
-                f"{n} derived models; parent edge placed (either direction) {sum(r['placed'] for r in rows)}, direction "
+                (f"{n} derived models; parent edge placed (either direction) {sum(r['placed'] for r in rows)}, direction "
                 f"right {sum(r['direction'] for r in rows)}, kind right {sum(r['kind_right'] for r in rows)}; "
                 f"{tr['tree']['related_pairs']} related pairs of {tr['tree']['tested_pairs']} tested in "
-                f"{tr['seconds']} s. The tree as DOT: `docs/benchmarks/img/index-zoo-tree.dot`.", "",
+                f"{tr['seconds']} s. The tree as DOT: `docs/benchmarks/img/index-zoo-tree.dot`."), "",
                 "| model | kind | true parent(s) | tree parent(s) | placed | direction | edge kind |",
                 "|---|---|---|---|---|---|---|"]
         for r in rows:
