@@ -613,7 +613,7 @@ def main() -> None:
     if args.synthetic or args.test_cost:
         result["test_cost_8b_shapes"] = test_cost()
     if args.test_cost:
-        result["ann_size"] = ann_size(100_000)
+        result["ann_size"] = ann_size(20_000)
     if args.eight_b:
         result["8b"] = eight_b(args.eight_b)
     if args.tree:
