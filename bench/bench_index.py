@@ -416,16 +416,20 @@ def eight_b(cache: Path) -> dict[str, Any]:
 
 
 def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run `cmd`; wall and CPU seconds and the peak resident memory of that process alone (wait4)."""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert p.stdout is not None
+    stdout = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"wall_s": round(wall, 2), "cpu_s": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
-            "peak_rss_mib": round(after.ru_maxrss / 1024, 1), "stdout": p.stdout}
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} exited with {p.returncode}")
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stdout": stdout}
 
 
-# --- report --------------------------------------------------------------------------------
 def _p(p: float | None) -> str:
     return "-" if p is None else (f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}")
 
