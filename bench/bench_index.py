@@ -436,8 +436,14 @@ def _p(p: float | None) -> str:
 
 def render(result: dict[str, Any]) -> str:
     """The tables of docs/benchmarks/index.md, derived from the results JSON."""
-    out: list[str] = [f"- `{r['command']}` at commit `{r['git'][:12]}` ({', '.join(r['sections'])})"
-                      for r in result.get("runs", [])] + [""]
+    runs = result.get("runs", [])
+    latest = {sec: k for k, r in enumerate(runs) for sec in r["sections"]}  # the run each section is from
+    out: list[str] = ["Sections and the run that produced them:", ""]
+    for k, r in enumerate(runs):
+        secs = [sec for sec in r["sections"] if latest[sec] == k]
+        if secs:
+            out.append(f"- `{r['command']}` at commit `{r['git'][:12]}`: {', '.join(secs)}")
+    out.append("")
     z = result.get("zoo")
     if z:
         pairs = z["pairs"]
