@@ -26,7 +26,7 @@ def add(store: IndexStore, name: str, path: Path) -> int:
 
 def test_new_index_is_migrated_to_the_latest_schema(tmp_path: Path) -> None:
     with IndexStore(tmp_path / "i.db") as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s.count() == 0 and s.generation() == 0
 
@@ -41,7 +41,7 @@ def test_a_version_one_index_is_migrated_in_place(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with IndexStore(tmp_path / "old.db") as s:
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 3
         cols = [r[1] for r in s.db.execute("PRAGMA table_info(models)")]
         assert "labels" in cols and "layers" in cols
 
@@ -96,7 +96,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(IndexError_) as err:
         IndexStore(p)
-    assert str(err.value) == f"{p}: index schema version 7 is newer than this modeltrace knows (2)"
+    assert str(err.value) == f"{p}: index schema version 7 is newer than this modeltrace knows (3)"
 
 
 def test_a_corrupt_stored_fingerprint_is_an_index_error(tmp_path: Path, family: dict[str, Path]) -> None:

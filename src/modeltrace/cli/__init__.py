@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "fingerprint": "modeltrace.cli.fingerprint_cmd:fingerprint",
     "index": "modeltrace.cli.index_cmd:index",
     "tree": "modeltrace.cli.tree_cmd:tree",
+    "scan": "modeltrace.cli.scan_cmd:scan",
 }
 
 

@@ -37,6 +37,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
      "ALTER TABLE models ADD COLUMN layers INTEGER NOT NULL DEFAULT 0",
      "ALTER TABLE models ADD COLUMN parameters INTEGER NOT NULL DEFAULT 0",
      "CREATE INDEX models_sha ON models (fp_sha256)"),
+    ("CREATE TABLE scan_failures (ref TEXT PRIMARY KEY, error TEXT NOT NULL, at TEXT NOT NULL)",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 60.0
@@ -181,6 +182,26 @@ class IndexStore:
             raise IndexError_(f"{self.path}: a model in the batch is already indexed ({exc})") from exc
         except sqlite3.DatabaseError as exc:
             raise IndexError_(f"{self.path}: could not write to the index ({exc})") from exc
+
+    def record_failure(self, ref: str, error: str) -> None:
+        """Remember that `ref` could not be fingerprinted (a scan's partial failure, kept as data)."""
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO scan_failures (ref, error, at) VALUES (?, ?, ?)",
+                           (ref, error[:2000], at))
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(f"{self.path}: could not write to the index ({exc})") from exc
+
+    def clear_failure(self, ref: str) -> None:
+        try:
+            with self.transaction() as db:
+                db.execute("DELETE FROM scan_failures WHERE ref = ?", (ref,))
+        except sqlite3.DatabaseError as exc:
+            raise IndexError_(f"{self.path}: could not write to the index ({exc})") from exc
+
+    def failures(self) -> dict[str, str]:
+        return {str(r[0]): str(r[1]) for r in self._q("SELECT ref, error FROM scan_failures ORDER BY ref")}
 
     def remove(self, names: list[str]) -> int:
         """Remove models by name in one transaction; returns how many were removed."""
