@@ -141,6 +141,23 @@ def zoo(manifest_path: Path) -> dict[str, Any]:
     return {"fingerprints": fp_rows, "pairs": pairs, "searches": searches}
 
 
+def scan_eval(root: Path, workers: list[int]) -> list[dict[str, Any]]:
+    """`modeltrace scan` over a zoo's models folder into a fresh index, by worker count."""
+    from modeltrace.scan.run import scan
+    from modeltrace.scan.walk import walk
+
+    refs = walk(root)
+    out = []
+    for w in workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = IndexStore(Path(tmp) / "scan.db")
+            rep = scan(store, refs, workers=w)
+            out.append({"workers": w, "models": len(refs), "added": len(rep.added), "failed": len(rep.failed),
+                        "seconds": round(rep.seconds, 2), "models_per_s": round(len(rep.added) / rep.seconds, 2)})
+            store.close()
+    return out
+
+
 # what `lineage.tree.edge_kind` should call each zoo derivation
 EXPECTED_KIND = {"finetune": {"finetune"}, "lora": {"finetune", "noise"}, "continued-pretrain": {"finetune"},
                  "noise": {"noise", "identical"}, "cast": {"cast"}, "quantize-int8": {"quantize"},
@@ -539,6 +556,14 @@ def render(result: dict[str, Any]) -> str:
                        f"{'yes' if r['placed'] else 'no'} | {'yes' if r['direction'] else 'no'} | "
                        f"{', '.join(r['edge_kinds']) or '-'}{'' if r['kind_right'] else ' (wrong)'} |")
         out.append("")
+    sc = result.get("scan")
+    if sc:
+        out += ["### Scan throughput by worker count (`modeltrace scan`, quick zoo, 2-core machine)", "",
+                "| workers | models | added | failed | seconds | models/s |", "|---|---|---|---|---|---|"]
+        for r in sc:
+            out.append(f"| {r['workers']} | {r['models']} | {r['added']} | {r['failed']} | {r['seconds']} | "
+                       f"{r['models_per_s']} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -641,6 +666,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--8b", dest="eight_b", type=Path, default=None, help="folder for the 8B-shaped checkpoint")
+    ap.add_argument("--scan", type=Path, default=None, help="a models folder to scan with 1, 2 and 4 workers")
     ap.add_argument("--tree", type=Path, default=None, help="zoo manifest.json: recover its lineage tree")
     ap.add_argument("--test-cost", action="store_true", help="time the tests on fingerprints of 8B shapes")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
@@ -656,7 +682,7 @@ def main() -> None:
                                   if "command" in result else [])
     sections = [k for k, on in (("zoo", args.zoo), ("synthetic", args.synthetic), ("8b", args.eight_b),
                                 ("test_cost_8b_shapes", args.test_cost or args.synthetic),
-                                ("ann_size", args.test_cost), ("tree", args.tree)) if on]
+                                ("ann_size", args.test_cost), ("tree", args.tree), ("scan", args.scan)) if on]
     git = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, cwd=REPO)
     runs = [r for r in runs if not set(r["sections"]) <= set(sections)]
     runs.append({"command": " ".join(sys.argv), "git": git.stdout.strip(), "sections": sections})
@@ -673,6 +699,8 @@ def main() -> None:
         result["8b"] = eight_b(args.eight_b)
     if args.tree:
         result["tree"] = tree_eval(args.tree)
+    if args.scan:
+        result["scan"] = scan_eval(args.scan, [1, 2, 4])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(args.out)
