@@ -39,8 +39,9 @@ def test_family_hangs_together_and_the_cast_points_down(collection: dict[str, Pa
     edge = next(e for e in tree.edges if e.child == "f16")
     assert edge.kind == "cast" and edge.direction == "derivation"
     assert tree.parents("other") == []
-    pair = [e for e in tree.edges if {e.parent, e.child} == {"base", "permute"}]
-    assert len(pair) == 1 and pair[0].kind == "permute" and pair[0].direction == "unknown"
+    assert tree.parents("permute") == ["base"]  # the base is the medoid of its copies
+    edge = next(e for e in tree.edges if e.child == "permute")
+    assert edge.kind == "permute" and edge.direction == "centrality"
     assert tree.related_pairs == 6 and tree.tested_pairs == 10
 
 

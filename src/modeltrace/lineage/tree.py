@@ -14,9 +14,12 @@
    - a model with experts made from a dense one is the child (`EXPERTS_PRIOR`);
    - otherwise the kurtosis of the MLP weights: training increases it (MoTHer), so the model with
      the higher kurtosis is the child (`KURTOSIS_PRIOR`, only when the difference exceeds
-     `KURTOSIS_TIE`; below it the direction is reported as unknown).
+     `KURTOSIS_TIE`);
+   - and always a centrality term (`CENTRALITY_PRIOR` times how much less central the parent is than
+     the child, centrality being the mean distance to a model's relatives): the parent of a cluster
+     of copies is its medoid, each copy having moved away from it independently.
 Each edge records how its direction was told: "derivation" (precision, experts, merge), "kurtosis",
-or "unknown".
+"centrality", or "unknown".
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ ROOT_COST = 100.0
 PRECISION_PRIOR = 1.0
 EXPERTS_PRIOR = 1.0
 KURTOSIS_PRIOR = 0.02
+CENTRALITY_PRIOR = 1.0
 KURTOSIS_TIE = 0.005  # difference of mean excess kurtosis below which the direction is unknown
 _VIRTUAL = "\x00root"
 
@@ -53,7 +57,7 @@ class Edge:
     kind: str
     p_value: float
     distance: float
-    direction: str  # "derivation" | "kurtosis" | "unknown"
+    direction: str  # "derivation" | "kurtosis" | "centrality" | "unknown"
     reason: str
 
     def to_json(self) -> dict[str, Any]:
@@ -161,6 +165,8 @@ def build_tree(fps: dict[str, Fingerprint], *, threshold: float = DEFAULT_THRESH
         sides = _sides(neighbours[n], rel)
         if len(sides) >= 2:
             merges[n] = [_nearest(n, side, base) for side in sides]
+    # centrality (mean distance to the relatives): the parent of a cluster of copies is its medoid (MoTHer)
+    cent = {n: float(np.mean([base(n, m) for m in neighbours[n]])) if neighbours[n] else 0.0 for n in names}
     g = nx.DiGraph()
     g.add_node(_VIRTUAL)
     for n in names:
@@ -171,6 +177,9 @@ def build_tree(fps: dict[str, Fingerprint], *, threshold: float = DEFAULT_THRESH
             continue  # merges are attached to their parents afterwards
         for u, v in ((x, y), (y, x)):
             extra, told = prior(fps[u], fps[v])
+            if told == "unknown" and cent[u] < cent[v]:
+                told = "centrality"
+            extra += CENTRALITY_PRIOR * max(0.0, cent[u] - cent[v])
             g.add_edge(u, v, weight=base(u, v) + extra)
             how[(u, v)] = told
     arb = nx.minimum_spanning_arborescence(g, attr="weight", preserve_attrs=True)
