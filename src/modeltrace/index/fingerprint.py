@@ -77,7 +77,7 @@ class LayerSketch:
     sel: np.ndarray  # (t,) int64 unit indices chosen by content
     sel_in: np.ndarray  # (t, K)
     sel_out: np.ndarray | None  # (t, K) or None without an output projection
-    kurtosis: float | None = None  # excess kurtosis of the input projection's weights (a direction prior)
+    kurtosis: float | None = None  # excess kurtosis of the input projection's weights (<= 512 rows; a direction prior)
 
     @property
     def idx(self) -> np.ndarray:
@@ -405,7 +405,7 @@ def _sketch_one(src: TensorSource, infos: dict[str, Any], lay: _Layer, buf: np.n
     norms = np.sqrt(np.einsum("ij,ij->i", w_in, w_in) if g is None else
                     np.einsum("ij,ij,j->i", w_in, w_in, (g * g).astype(np.float32)))
     sel = np.sort(np.argsort(-norms.astype(np.float64), kind="stable")[: min(SEL_UNITS, n)])
-    kurt = _kurtosis(w_in)
+    kurt = _kurtosis(w_in[_kurtosis_rows(n)])
     idx = idx_indices(n)
     pick = np.concatenate([idx, sel])
     rows = w_in[pick] * g[None, :] if g is not None else np.array(w_in[pick])
@@ -425,6 +425,14 @@ def _sketch_one(src: TensorSource, infos: dict[str, Any], lay: _Layer, buf: np.n
         idx_in=_roundtrip(c[: len(idx)]), cidx_in=cidx.astype(np.float16).astype(np.float32), sel=sel.astype(np.int64),
         sel_in=_roundtrip(c[len(idx):]), sel_out=_roundtrip(c_out) if c_out is not None else None,
         kurtosis=kurt), read_bytes
+
+
+KURTOSIS_ROWS = 512
+
+
+def _kurtosis_rows(n: int) -> np.ndarray:
+    """Evenly spaced rows the kurtosis is estimated on: all of them in small layers, 512 in large ones."""
+    return np.unique(np.linspace(0, n - 1, min(n, KURTOSIS_ROWS)).round().astype(np.int64))
 
 
 def _kurtosis(w: np.ndarray) -> float | None:
