@@ -144,7 +144,9 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
         ctx.exit(2)
         return
     if fp_result is not None:
-        click.echo(json.dumps(fp_result.to_json(), indent=2, default=_jsonable)) if as_json else \
+        if as_json:
+            click.echo(json.dumps(fp_result.to_json(), indent=2, default=_jsonable))
+        else:
             render(fp_result, Console(file=sys.stdout, highlight=False, soft_wrap=False))
         return
 
