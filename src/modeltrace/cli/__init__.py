@@ -24,6 +24,10 @@ COMMANDS: dict[str, str] = {
     "probe": "modeltrace.cli.probe_cmd:probe",
     "same-model": "modeltrace.cli.same_model_cmd:same_model",
     "report": "modeltrace.cli.report_cmd:report",
+    "fingerprint": "modeltrace.cli.fingerprint_cmd:fingerprint",
+    "index": "modeltrace.cli.index_cmd:index",
+    "tree": "modeltrace.cli.tree_cmd:tree",
+    "scan": "modeltrace.cli.scan_cmd:scan",
 }
 
 

@@ -152,6 +152,18 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: str | None,
     (openai:URL#MODEL or http(s)://host:port/v1#MODEL), which only the behaviour tests can use.
     """
     from modeltrace.backends.resolve import is_endpoint
+    from modeltrace.index.fpcompare import compare_if_fingerprint
+
+    try:  # fingerprint files (modeltrace fingerprint) stand in for models
+        fp_result = compare_if_fingerprint(model_a, model_b, threshold=threshold, seed=seed)
+    except ModelTraceError as exc:
+        click.echo(f"error: {escape(str(exc), limit=2000)}", err=True)
+        ctx.exit(2)
+        return
+    files_out = {"html": html_out, "markdown": md_out, "json": None if as_json in (None, "-") else Path(as_json)}
+    if fp_result is not None:
+        emit(fp_result, as_json, files_out)
+        return
 
     options: dict[str, Any] = {"threshold": threshold, "prompts": prompts, "behaviour": behaviour,
                                "references": list(references), "code": list(code), "chat": chat}
@@ -163,7 +175,6 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: str | None,
         options["cache"] = str(cache)
     if other:
         options["other"] = other[0] if len(other) == 1 else list(other)
-    files_out = {"html": html_out, "markdown": md_out, "json": None if as_json in (None, "-") else Path(as_json)}
     if hash_files is None:
         hash_files = any(files_out.values())
     try:
@@ -191,6 +202,11 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: str | None,
         ctx.exit(2)
         return
     record_provenance(result, ctx, options, hash_files)
+    emit(result, as_json, files_out)
+
+
+def emit(result: CompareResult, as_json: str | None, files_out: dict[str, Path | None]) -> None:
+    """The result on stdout (JSON with `--json`, else the human form) and in every report file asked for."""
     if as_json == "-":
         click.echo(_jsonable(result.to_json()))
     else:

@@ -1,0 +1,1 @@
+"""Fingerprints and the lineage index: what is this model derived from, among many."""
