@@ -3,8 +3,8 @@
 Descriptive (no p-value). Runs first (stage 5) whenever a weight method runs: the closed forms of
 `modeltrace.weights.fixed` (STFT/DFT bases, windows, mel filterbanks, sinusoidal position and rotary
 tables, masks, identity, constant and integer tensors) are found in A and in B, their names go into
-``ctx.shared["exclude_a"]`` and ``ctx.shared["exclude_b"]``, and the weight matching never pairs
-them. Such tensors are identical in unrelated models of one architecture, so a bit-identical STFT
+``ctx.shared["exclude_a"]`` and ``ctx.shared["exclude_b"]`` when the other model has one of the same
+kind (see `fixed_of`), and the weight matching never pairs them. Such tensors are identical in unrelated models of one architecture, so a bit-identical STFT
 basis must not supply hundreds of "matched units".
 """
 
@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
 from modeltrace.evidence.weights_common import skip_reason
-from modeltrace.weights.fixed import FixedTensor, find_fixed
+from modeltrace.weights.fixed import WHAT, FixedTensor, find_fixed
 
 LISTED = 12  # fixed tensors named in the statement; the details list them all
+LEFT_OUT = frozenset(WHAT) - {"constant"}  # kinds left out of the weight tests when both models have one
 
 
 class FixedTensorsMethod(EvidenceMethod):
@@ -40,29 +41,41 @@ class FixedTensorsMethod(EvidenceMethod):
         if not fa and not fb:
             statement = "no fixed (non-learned) tensors found"
         else:
-            statement = (f"{len(fa)} fixed tensor(s) in A and {len(fb)} in B left out of the weight tests"
+            out_a, out_b = len(ctx.shared["exclude_a"]), len(ctx.shared["exclude_b"])
+            statement = (f"{len(fa)} fixed tensor(s) in A and {len(fb)} in B; {out_a} and {out_b} left out of the "
+                         "weight tests (a closed form of the same kind on both sides)"
                          + (f"; {len(shared)} identical in both" if shared else ""))
             named = shared or fa or fb
             statement += ": " + ", ".join(f.describe() for f in named[:LISTED])
             if len(named) > LISTED:
                 statement += f", and {len(named) - LISTED} more"
         details: dict[str, Any] = {"a": [_row(f) for f in fa], "b": [_row(f) for f in fb],
-                                   "identical_in_both": [f.name for f in shared]}
+                                   "identical_in_both": [f.name for f in shared],
+                                   "left_out": {"a": sorted(ctx.shared["exclude_a"]),
+                                                "b": sorted(ctx.shared["exclude_b"])}}
         return Evidence(method=self.name, status="ok", statement=statement, null_hypothesis=self.null_hypothesis,
                         powered=False, details=details)
 
 
 def fixed_of(ctx: CompareContext, side: str) -> list[FixedTensor]:
-    """The fixed tensors of one side, found once per compare and recorded as the weight matching's exclusions."""
+    """The fixed tensors of one side, found once per compare; records the weight matching's exclusions.
+
+    A fixed tensor is left out when the other model has a fixed tensor of the same kind too (an STFT
+    basis in both, a position table in both): that is the architecture speaking. A closed form on one
+    side only is kept, since it says something about how that side was made. Constant tensors are
+    listed but never left out: every row of one is the same, so no unit matching can find evidence in
+    it, and the diagnosis reads them (norm gains set to one after being folded into the projections).
+    """
     key = f"fixed_{side}"
     got = ctx.shared.get(key)
     if isinstance(got, list):
         return got
-    model = ctx.a if side == "a" else ctx.b
-    found = find_fixed(model.source)
-    ctx.shared[key] = found
-    ctx.shared[f"exclude_{side}"] = frozenset(f.name for f in found)
-    return found
+    found = {s: find_fixed((ctx.a if s == "a" else ctx.b).source) for s in ("a", "b")}
+    kinds = {s: {f.what for f in found[s]} for s in found}
+    for s, other in (("a", "b"), ("b", "a")):
+        ctx.shared[f"fixed_{s}"] = found[s]
+        ctx.shared[f"exclude_{s}"] = frozenset(f.name for f in found[s] if f.what in kinds[other] and f.what in LEFT_OUT)
+    return found[side]
 
 
 def _row(f: FixedTensor) -> dict[str, Any]:

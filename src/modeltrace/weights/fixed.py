@@ -37,6 +37,10 @@ RUN_BLOCKS = 3
 MAX_ROW = 1 << 16  # longer rows are not checked against closed forms (no fixed table is that wide)
 MIN_LEN = 8  # shorter rows or sequences say too little to call them a closed form
 INT_DTYPES = ("I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL", "INT64", "INT32", "BOOLEAN")
+# what `classify` can say (windows are named "<name> window")
+WHAT = ("integer or boolean buffer", "constant", "mask or identity", "geometric sequence (rotary frequencies)",
+        "sinusoid", "sinusoidal table", "STFT/DFT basis", "triangular filterbank",
+        *(f"{w} ({s}) window" for w in ("Hann", "Hamming", "Blackman") for s in ("periodic", "symmetric")))
 SPECTRAL_BINS = 8  # a windowed sinusoid of the standard windows puts its energy in at most 3 bin pairs
 
 
