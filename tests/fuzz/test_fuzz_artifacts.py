@@ -96,13 +96,14 @@ JSON_VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_
                                                              st.dictionaries(TEXT, inner, max_size=4)),
                            max_leaves=12)
 DEEP = st.integers(min_value=1, max_value=400).map(lambda n: json.loads("[" * n + "1" + "]" * n))
-_ODD = st.one_of(JSON_VALUES, DEEP, st.lists(st.integers(0, 50), max_size=3000))
+_ODD = st.one_of(st.lists(SCALARS, max_size=3), st.dictionaries(TEXT, SCALARS, max_size=3), JSON_VALUES, DEEP,
+                 st.lists(st.integers(0, 50), max_size=3000))
 ODD_VALUES = st.deferred(lambda: _ODD)  # deferred: short reprs of the nested strategies below
 
 
 def _maybe(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Usually the well-typed value, sometimes any odd JSON value instead."""
-    return st.deferred(lambda: st.one_of(value, value, value, ODD_VALUES))
+    """The well-typed value or, as often, any odd JSON value instead."""
+    return st.deferred(lambda: st.one_of(value, ODD_VALUES))
 
 
 def _write(folder: Path, files: dict[str, Any]) -> None:
@@ -241,23 +242,40 @@ TOKENIZER_CONFIG = st.fixed_dictionaries({}, optional={
     "chat_template": TEMPLATE, "auto_map": _maybe(st.dictionaries(TEXT, TEXT, max_size=2)),
     "tokenizer_class": _maybe(TEXT), "name_or_path": _maybe(TEXT),
 })
-TOKENIZER_FOLDER = st.fixed_dictionaries({}, optional={
+TOKENIZER_FILES: dict[str, st.SearchStrategy[Any]] = {
     "tokenizer.json": TOKENIZER_JSON, "tokenizer_config.json": TOKENIZER_CONFIG,
-    "special_tokens_map.json": _maybe(st.fixed_dictionaries({}, optional={"bos_token": SPECIAL,
-                                                                          "additional_special_tokens": ODD_VALUES})),
+    "special_tokens_map.json": _maybe(st.fixed_dictionaries({}, optional={
+        "bos_token": SPECIAL, "eos_token": SPECIAL, "additional_special_tokens": _maybe(st.lists(SPECIAL, max_size=3))})),
     "added_tokens.json": _maybe(st.dictionaries(TOKENS, IDS, max_size=4)),
     "chat_template.json": _maybe(st.fixed_dictionaries({"chat_template": TEMPLATE})),
     "chat_template.jinja": TEMPLATE_TEXT,
     "vocab.txt": st.lists(TOKENS, max_size=20).map("\n".join),
     "vocab.json": _maybe(st.dictionaries(TOKENS, IDS, max_size=10)),
-    "merges.txt": st.lists(st.one_of(st.just("a b"), TOKENS), max_size=10).map(lambda ls: "#version: 0.2\n"
-                                                                              + "\n".join(ls)),
-})
+    "merges.txt": st.lists(st.one_of(st.just("a b"), TOKENS), max_size=10).map(
+        lambda ls: "#version: 0.2\n" + "\n".join(ls)),
+}
+# valid companions of the fuzzed file, so that parsing reaches it (a broken tokenizer.json stops the read first)
+VALID_TOKENIZER = {
+    "tokenizer.json": {"model": {"type": "WordLevel", "vocab": {"<s>": 0, "a": 1}}, "added_tokens": [
+        {"id": 2, "content": "<x>", "special": True}]},
+    "tokenizer_config.json": {"bos_token": "<s>", "chat_template": "{% for m in messages %}{{ m }}{% endfor %}",
+                              "added_tokens_decoder": {"3": {"content": "<y>", "special": False}}},
+    "special_tokens_map.json": {"eos_token": {"content": "</s>"}},
+}
 
 
-@_settings(250)
-@given(files=TOKENIZER_FOLDER)
-def test_tokenizer_files(files: dict[str, Any]) -> None:
+@_settings(120)
+@pytest.mark.parametrize("name", sorted(TOKENIZER_FILES))
+@given(data=st.data())
+def test_tokenizer_files(name: str, data: st.DataObject) -> None:
+    companions = {k: v for k, v in VALID_TOKENIZER.items() if k != name and not (
+        name in ("vocab.json", "vocab.txt", "merges.txt") and k == "tokenizer.json")}
+    _inspect_folder({**companions, name: data.draw(TOKENIZER_FILES[name], label=name)})
+
+
+@_settings(100)
+@given(files=st.fixed_dictionaries({}, optional=TOKENIZER_FILES))
+def test_tokenizer_folders(files: dict[str, Any]) -> None:
     _inspect_folder(files)
 
 
