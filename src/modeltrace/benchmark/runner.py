@@ -373,6 +373,8 @@ class BenchConfig:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # passed to compare (e.g. {"behaviour": True})
     command: str = "modeltrace bench"
+    zoo: str = "tuning"  # "tuning", "heldout", "scale" (zoo/settings.py) or "real" (zoo/real.py)
+    real_source: Path | None = None  # where the real zoo finds SmolLM2 (default: realmodels or its default)
 
 
 def _other_path(path: Path, models: dict[str, dict[str, Any]], pair: dict[str, Any]) -> Path | None:
@@ -417,7 +419,22 @@ def build_or_load_zoo(cfg: BenchConfig, progress: Progress | None = None) -> Pat
     except ImportError as exc:
         raise ModelTraceError(f"the model zoo is unavailable: {exc}",
                               hint="pass --manifest with a zoo manifest.json") from exc
-    cache_dir = cfg.cache / ("zoo-quick" if cfg.quick else "zoo")
+    if cfg.zoo == "real":
+        from modeltrace.benchmark.zoo.real import build_real_zoo
+
+        models = cfg.real_source or cfg.realmodels or Path(os.environ.get("MODELTRACE_REALMODELS")
+                                                          or ".cache/realmodels")
+        if progress is not None:
+            progress.stage("building the real-model derivations", 0)
+        try:
+            return build_real_zoo(models, cfg.cache / "zoo-real",
+                                  log=(lambda m: progress.step(m)) if progress is not None else (lambda m: None))
+        except FileNotFoundError as exc:
+            raise ModelTraceError(str(exc), hint="fetch the real models (make realmodels) or pass --realmodels")
+    from modeltrace.benchmark.zoo.settings import settings_for
+
+    settings = settings_for(cfg.zoo, cfg.quick)
+    cache_dir = cfg.cache / ({"full": "zoo", "quick": "zoo-quick"}.get(settings.name) or f"zoo-{settings.name}")
     staged = False
 
     def _zoo_progress(event: Any) -> None:
@@ -431,7 +448,7 @@ def build_or_load_zoo(cfg: BenchConfig, progress: Progress | None = None) -> Pat
         if status in ("built", "cached"):
             progress.step(f"{getattr(event, 'model_id', '?')} ({status})")
 
-    return Path(build_zoo(cache_dir, quick=cfg.quick, progress=_zoo_progress))
+    return Path(build_zoo(cache_dir, quick=cfg.quick, progress=_zoo_progress, settings=settings))
 
 
 def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -492,8 +509,11 @@ def _run_locked(cfg: BenchConfig, methods: list[str], manifest: Manifest, pairs:
             "git": _git_revision(), "isolated": cfg.isolate, "pairs_glob": cfg.pairs_glob,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "wall_s": round(time.time() - started, 1), "methods": list(methods), "options": cfg.options,
+            "zoo": cfg.zoo,
         }, roots=training_roots(manifest))
     report.write(summary, cfg.out, cfg.docs)
+    summary["_rows"] = rows  # for the side-by-side page; not in summary.json
+    summary["_roots"] = training_roots(manifest)
     return summary
 
 
