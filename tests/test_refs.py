@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from st_builders import llama_folder, llama_params
 
-from modeltrace.errors import ResolveError
+from modeltrace.errors import ResolveError, UnsafeFileError
 from modeltrace.inspect import inspect_model
 from modeltrace.model import Model
 from modeltrace.refs import HubRef, parse_hub_ref, resolve, resolve_in_cache
@@ -112,3 +112,87 @@ def test_local_paths(tmp_path: Path) -> None:
     with pytest.raises(ResolveError) as err:
         resolve(str(tmp_path / "absent"))
     assert str(err.value) == f"{tmp_path / 'absent'}: no such file or folder"
+
+
+# ---------------------------------------------------------------------------- nothing read outside the model
+
+
+@pytest.mark.parametrize("ref", ["hf:org/m@../../x", "hf:org/m@refs/../../../x", "hf:org/..@main",
+                                 "hf:org/m@a//b", "hf:org/m@./main"])
+def test_revisions_that_climb_out_are_refused_without_looking(tmp_path: Path, cache: Path, ref: str) -> None:
+    hub_cache(cache, "org/m", llama_folder(tmp_path / "src", np.random.default_rng(0)))
+    (cache / "x").write_text(SHA)  # a target that exists must get the same answer as one that does not
+    with pytest.raises(ResolveError) as err:
+        resolve(ref)
+    assert str(err.value) == f"{ref}: not a valid hub reference"
+
+
+def test_snapshot_file_linking_outside_its_repository_is_refused(tmp_path: Path, cache: Path) -> None:
+    snap = hub_cache(cache, "org/m", llama_folder(tmp_path / "src", np.random.default_rng(0)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("[PAD]\n[UNK]\n")
+    (snap / "vocab.txt").symlink_to(secret)
+    with pytest.raises(UnsafeFileError) as err:
+        Model.open("hf:org/m")
+    assert str(err.value) == f"{snap / 'vocab.txt'}: file links outside the model folder; refused, nothing read from it"
+
+
+def test_snapshot_folder_linked_outside_its_repository_is_not_resolved(tmp_path: Path, cache: Path) -> None:
+    elsewhere = llama_folder(tmp_path / "elsewhere", np.random.default_rng(0))
+    repo = cache / "models--org--m"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA)
+    (repo / "snapshots" / SHA).symlink_to(elsewhere)
+    with pytest.raises(ResolveError) as err:
+        resolve("hf:org/m")
+    assert str(err.value) == f"hf:org/m: not in the local hub cache ({cache})"
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.txt", "modeling_evil.py", "model.safetensors"])
+def test_local_folder_file_linking_outside_is_refused(tmp_path: Path, name: str) -> None:
+    model = llama_folder(tmp_path / "m", np.random.default_rng(0))
+    outside = tmp_path / f"outside-{name}"
+    target = model / name
+    if target.exists():
+        target.rename(outside)
+    else:
+        outside.write_text("x = 1\n")
+    target.symlink_to(outside)
+    with pytest.raises(UnsafeFileError) as err:
+        Model.open(str(model))
+    assert str(err.value) == f"{target}: file links outside the model folder; refused, nothing read from it"
+    assert err.value.path == str(target)
+
+
+def test_links_within_the_folder_are_followed(tmp_path: Path) -> None:
+    model = llama_folder(tmp_path / "m", np.random.default_rng(0))
+    (model / "weights").mkdir()
+    (model / "model.safetensors").rename(model / "weights" / "model.safetensors")
+    (model / "model.safetensors").symlink_to(Path("weights") / "model.safetensors")
+    with Model.open(str(model)) as m:
+        assert m.source.infos()
+
+
+def test_shard_reached_through_a_linked_folder_is_refused(tmp_path: Path) -> None:
+    model = llama_folder(tmp_path / "m", np.random.default_rng(0), shards=2)
+    away = tmp_path / "away"
+    away.mkdir()
+    shard = "model-00002-of-00002.safetensors"
+    (model / shard).rename(away / shard)
+    (model / "sub").symlink_to(away)  # a linked folder: not listed, but an index can name a file in it
+    index = model / "model.safetensors.index.json"
+    index.write_text(index.read_text().replace(shard, f"sub/{shard}"))
+    with pytest.raises(UnsafeFileError) as err:
+        Model.open(str(model))
+    assert str(err.value) == f"{index}: shard path 'sub/{shard}' links outside the model folder"
+
+
+def test_a_single_weight_file_named_directly_may_be_a_link(tmp_path: Path) -> None:
+    model = llama_folder(tmp_path / "m", np.random.default_rng(0))
+    link = tmp_path / "elsewhere" / "w.safetensors"
+    link.parent.mkdir()
+    link.symlink_to(model / "model.safetensors")
+    with Model.open(str(link)) as m:  # the user named this file: following it reads nothing unasked for
+        assert m.source.infos()

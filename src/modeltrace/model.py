@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any, Self
 from modeltrace.errors import FormatError, ResolveError, UnsafeFileError
 from modeltrace.formats import detect_format, open_file
 from modeltrace.formats.base import TensorSource
-from modeltrace.formats.composite import CompositeSource
+from modeltrace.formats.composite import CompositeSource, component_names
+from modeltrace.refs import confinement_root, inside
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".ckpt")
@@ -28,26 +30,52 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def load_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
-    """Parse a small JSON file from a model folder, with a size cap and our own errors."""
-    size = path.stat().st_size
-    if size > limit:
-        raise FormatError(path, f"JSON file is {size} bytes, over the {limit}-byte cap")
+    """Parse a small JSON file from a model folder, with a size cap and our own errors for every failure:
+    unreadable, too large, not UTF-8, nested too deeply, an integer too long to convert, bad syntax."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a FIFO would block for ever
+            raise FormatError(path, "not a regular file")
+        size = st.st_size
+        if size > limit:
+            raise FormatError(path, f"JSON file is {size} bytes, over the {limit}-byte cap")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise FormatError(path, "not UTF-8 text") from exc
+    except OSError as exc:
+        raise FormatError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
     except RecursionError as exc:
         raise FormatError(path, "JSON nested too deeply") from exc
     except json.JSONDecodeError as exc:
         raise FormatError(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise FormatError(path, f"JSON holds a number too long to read ({exc})") from exc
 
 
 def _inside(root: Path, rel: str, index: Path) -> Path:
-    # checked on the names, not on resolved links: a hub-cache snapshot links every file into blobs/
+    """`root / rel` for a path named in `index`, refused unless it stays inside the model folder, by its
+    name and after following links (a hub-cache snapshot may link into its repository's blobs/)."""
     p = Path(os.path.normpath(root / rel))
     if not p.is_relative_to(os.path.normpath(root)):
         raise UnsafeFileError(index, f"shard path {rel!r} points outside the model folder")
+    if p.exists() and not p.resolve().is_relative_to(confinement_root(root)):
+        raise UnsafeFileError(index, f"shard path {rel!r} links outside the model folder")
     return p
+
+
+def _listing(folder: Path) -> list[Path]:
+    """Every file under `folder` (not under .git or .cache), each refused if it links outside the folder."""
+    root = confinement_root(folder)
+    files = []
+    for p in folder.rglob("*"):
+        parts = p.relative_to(folder).parts
+        if ".git" in parts or ".cache" in parts or not p.is_file():
+            continue
+        inside(root, p)
+        files.append(p)
+    return sorted(files)
 
 
 @dataclass
@@ -70,8 +98,7 @@ class Model:
             return cls(ref=ref, root=path.parent, weight_files=[path], single_file=True, files=[path])
         if not path.is_dir():
             raise ResolveError(ref, "no such file or folder")
-        files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.relative_to(path).parts
-                       and ".cache" not in p.relative_to(path).parts)
+        files = _listing(path)
         return cls(ref=ref, root=path, weight_files=_choose_weights(path, files), files=files)
 
     @classmethod
@@ -90,17 +117,19 @@ class Model:
             if len(self.weight_files) == 1:
                 self._source = open_file(self.weight_files[0])
             else:
-                sources: list[TensorSource] = []
-                prefixes: list[str] = []
-                try:
-                    for wf in self.weight_files:
-                        sources.append(open_file(wf))
-                        prefixes.append(_module_prefix(self.root, wf))
-                    self._source = CompositeSource(self.root, sources, prefixes)
-                except Exception:
-                    for s in sources:
-                        s.close()
-                    raise
+                # shards are opened on demand, a few at a time (thousands of shards, few file handles)
+                rels = [wf.relative_to(self.root).as_posix() for wf in self.weight_files]
+                names = component_names(rels)
+                if _separate_networks(self.root, self.weight_files):
+                    folders = [Path(r).parts[0] for r in rels]
+                    by_folder = all(len(Path(r).parts) > 1 for r in rels) and len(set(folders)) > 1
+                    self._source = CompositeSource(self.root, list(self.weight_files), None,
+                                                   components=folders if by_folder else names)
+                else:  # shards, unless their names collide: then each file is its own network
+                    prefixes = [_module_prefix(self.root, wf) for wf in self.weight_files]
+                    indexed = any((self.root / n).is_file() for n in INDEX_FILES)
+                    self._source = CompositeSource(self.root, list(self.weight_files), prefixes,
+                                                   components=None if indexed else names)
         return self._source
 
     @property
@@ -153,6 +182,19 @@ class Model:
         return self.weight_files[0].name if self.single_file else self.root.name
 
 
+def _separate_networks(root: Path, weight_files: list[Path]) -> bool:
+    """Files that are distinct graphs, not shards: several ONNX files (ONNX never shards across
+    graphs; encoder/decoder exports), or one weight set per sub-folder with none on top and no index
+    (diffusers `unet/`, `vae/`, `text_encoder/`)."""
+    if any((root / n).is_file() for n in INDEX_FILES):
+        return False
+    if len(weight_files) > 1 and all(p.suffix == ".onnx" for p in weight_files):
+        return True
+    parents = [p.parent for p in weight_files]
+    return all(p != root for p in parents) and len({p.parent.relative_to(root).parts[0]
+                                                    for p in weight_files}) > 1 and not (root / "modules.json").is_file()
+
+
 def _module_prefix(root: Path, weight_file: Path) -> str:
     """Weights in sub-module folders (sentence-transformers `2_Dense/`) get the folder as prefix."""
     rel = weight_file.parent.relative_to(root)
@@ -188,8 +230,41 @@ def _choose_weights(root: Path, files: list[Path]) -> list[Path]:
     onnx = [p for p in files if p.suffix == ".onnx"]
     if onnx:
         plain = [p for p in onnx if p.name == "model.onnx"]
-        return [plain[0] if plain else min(onnx)]
-    return _submodule_weights(root, files)
+        if plain:
+            return [plain[0]]
+        # an encoder/decoder export: one graph each, without the quantized or cached variants
+        graphs = [p for p in onnx if not any(v in p.stem for v in ONNX_VARIANTS)]
+        return sorted(graphs) if len(graphs) > 1 and len({p.parent for p in graphs}) == 1 else [min(onnx)]
+    return _submodule_weights(root, files) or _subfolder_networks(root, files)
+
+
+ONNX_VARIANTS = ("quantized", "_fp16", "_int8", "_uint8", "_q4", "_bnb4", "with_past", "merged")
+
+
+def _subfolder_networks(root: Path, files: list[Path]) -> list[Path]:
+    """One weight set per immediate sub-folder (diffusers `unet/`, `vae/`, `text_encoder/`): each sub-folder's
+    own top-level weights, its index honoured, so each becomes a component of the model."""
+    out: list[Path] = []
+    for sub in sorted({p.relative_to(root).parts[0] for p in files if p.parent != root}):
+        folder = root / sub
+        inner = [p for p in files if p.parent == folder]
+        if not folder.is_dir() or not inner:
+            continue
+        for index_name in INDEX_FILES:
+            if (folder / index_name).is_file():
+                data = load_json(folder / index_name)
+                wmap = data.get("weight_map") if isinstance(data, dict) else None
+                if isinstance(wmap, dict):
+                    out.extend(p for rel in dict.fromkeys(wmap.values()) if isinstance(rel, str)
+                               and (p := _inside(folder, rel, folder / index_name)).is_file())
+                break
+        else:
+            for suffixes in ((".safetensors",), (".bin", ".pt", ".pth", ".ckpt"), (".gguf",), (".onnx",)):
+                chosen = [p for p in inner if p.suffix in suffixes and not p.name.startswith("training_args")]
+                if chosen:
+                    out.extend(sorted(chosen))
+                    break
+    return out
 
 
 def _submodule_weights(root: Path, files: list[Path]) -> list[Path]:

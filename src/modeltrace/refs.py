@@ -4,6 +4,10 @@ The cache layout is huggingface_hub's (HF_HUB_CACHE, else HF_HOME/hub, else
 ~/.cache/huggingface/hub): `models--org--name/refs/<revision>` holds a commit sha, and
 `models--org--name/snapshots/<sha>/` holds the files (links into `blobs/`). A download through
 huggingface_hub happens only when asked for and possible.
+
+Every path is resolved inside a root: a revision cannot climb out of `refs/` (``@../../x``), and a model's
+files may link only within `confinement_root` of its folder (the folder itself, or for a hub snapshot
+the repository folder whose `blobs/` the snapshot links into). `inside` is the one check.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from modeltrace.errors import ResolveError
+from modeltrace.errors import ResolveError, UnsafeFileError
 
 _HF = re.compile(r"^hf:(?P<repo>[A-Za-z0-9][\w.\-]*(?:/[\w.\-]+)?)(?:@(?P<rev>[\w.\-/]+))?$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -30,7 +34,11 @@ def parse_hub_ref(ref: str) -> HubRef | None:
     if not ref.startswith("hf:"):
         return None
     m = _HF.match(ref)
-    if not m:
+    # a name or revision part that is empty, "." or ".." would walk the cache's folders: refused before
+    # any file is looked at, with the same words as any other malformed reference (so the answer says
+    # nothing about which files exist)
+    parts = m.group("repo").split("/") + (m.group("rev") or "main").split("/") if m else []
+    if not m or any(part in ("", ".", "..") for part in parts):
         raise ResolveError(ref, "not a valid hub reference", hint="write hf:org/name or hf:org/name@revision")
     return HubRef(m.group("repo"), m.group("rev") or "main")
 
@@ -59,7 +67,33 @@ def resolve_in_cache(hub: HubRef, cache: Path | None = None) -> Path | None:
         if not _SHA.match(sha):
             raise ResolveError(f"hf:{hub.repo_id}@{rev}", f"cache ref file {ref_file} does not hold a commit sha")
     snap = repo_dir / "snapshots" / sha
-    return snap if snap.is_dir() else None
+    if not snap.is_dir() or not snap.resolve().is_relative_to(repo_dir.resolve()):
+        return None
+    return snap
+
+
+def confinement_root(folder: Path) -> Path:
+    """The resolved folder that the files of a model in `folder` may link into.
+
+    A hub-cache snapshot (``models--org--name/snapshots/<sha>``) links every file into
+    ``../../blobs/``: its root is the repository folder. Any other folder is its own root.
+    """
+    real = Path(folder).resolve()
+    repo = real.parent.parent
+    if real.parent.name == "snapshots" and repo.name.startswith("models--") and (repo / "blobs").is_dir():
+        return repo
+    return real
+
+
+def inside(root: Path, path: Path, *, what: str = "file") -> Path:
+    """`path` resolved (links followed), refused with UnsafeFileError unless it lies inside `root`.
+
+    `root` must be resolved already (see `confinement_root`); the error names `path` as given.
+    """
+    real = Path(path).resolve()
+    if not real.is_relative_to(root):
+        raise UnsafeFileError(path, f"{what} links outside the model folder; refused, nothing read from it")
+    return real
 
 
 def resolve(ref: str, *, allow_download: bool = False) -> Path:

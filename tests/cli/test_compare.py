@@ -15,7 +15,7 @@ from modeltrace.cli import cli
 
 METHODS = ["--method", "weight-match", "--method", "weight-identity", "--method", "weight-permutation"]
 TOP_KEYS = {"schema", "a", "b", "verdict", "p_value", "threshold", "reason", "evidence", "transforms", "layer_map",
-            "rename_map", "provenance"}
+            "rename_map", "controls", "detection_limit", "controls_required", "controls_missed", "provenance"}
 EVIDENCE_KEYS = {"method", "kind", "status", "statement", "null_hypothesis", "statistic", "p_value", "powered",
                  "details"}
 
@@ -74,7 +74,7 @@ def test_json_schema_for_a_derived_pair(models: dict[str, Path]) -> None:
     assert set(data) == TOP_KEYS
     assert data["schema"] == "modeltrace.compare/1"
     assert data["verdict"] == "derived" and data["p_value"] < 1e-6
-    assert [e["method"] for e in data["evidence"]] == ["weight-match", "weight-identity", "weight-permutation"]
+    assert [e["method"] for e in data["evidence"]] == ["fixed-tensors", "weight-match", "weight-identity", "weight-permutation"]
     for e in data["evidence"]:
         assert set(e) == EVIDENCE_KEYS
     assert all("kind" in t and "summary" in t for t in data["transforms"])

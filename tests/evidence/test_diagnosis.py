@@ -52,7 +52,7 @@ def diagnose(tmp_path: Path, a: Tensors, b: Tensors, c: Tensors | None = None, *
     ma, mb = save(tmp_path, "a", a, kw.pop("tok_a", None)), save(tmp_path, "b", b, kw.pop("tok_b", None))
     options = {"other": save(tmp_path, "c", c)} if c is not None else {}
     result = compare(ma, mb, methods=["diagnosis"], options=options, seed=0)
-    (ev,) = result.evidence
+    (ev,) = [e for e in result.evidence if e.method == "diagnosis"]
     assert ev.status == "ok", ev.statement
     assert ev.p_value is None and ev.method == "diagnosis"
     return result
@@ -376,7 +376,7 @@ def test_components_of_a_multimodal_model(tmp_path: Path, rng: np.random.Generat
 
 def real_compare(realmodels: Path, a: str, b: str) -> CompareResult:
     result = compare(Model.open(str(realmodels / a)), Model.open(str(realmodels / b)), methods=["diagnosis"])
-    (ev,) = result.evidence
+    (ev,) = [e for e in result.evidence if e.method == "diagnosis"]
     assert ev.status == "ok", ev.statement
     return result
 

@@ -234,3 +234,94 @@ def test_real_gguf_models(realmodels: Path, model_id: str, numel: int, count: in
             values = src.read(name)
             assert values.shape == info.shape
             assert np.isfinite(values).all() and np.abs(values).max() > 0
+
+
+# ---------------------------------------------------------------------------- hostile layouts, byte by byte
+
+
+def _f32_tensors(tmp_path: Path, offsets: list[int], data: bytes, alignment: int = 32) -> Path:
+    from format_builders import gguf_file, gguf_kv_u32
+
+    kvs = [gguf_kv_u32("general.alignment", alignment)] if alignment != 32 else []
+    infos = [(f"t{k}", (8,), 0, off) for k, off in enumerate(offsets)]  # 8 F32 values = 32 bytes each
+    return gguf_file(tmp_path / "t.gguf", kvs, infos, data, alignment=alignment)
+
+
+def test_byte_built_tensors_read_back(tmp_path: Path) -> None:
+    data = np.arange(16, dtype="<f4").tobytes()
+    with GGUFReader(_f32_tensors(tmp_path, [0, 32], data)) as src:
+        np.testing.assert_array_equal(src.read("t1"), np.arange(8, 16, dtype=np.float32))
+
+
+def test_misaligned_tensor_is_refused(tmp_path: Path) -> None:
+    path = _f32_tensors(tmp_path, [0, 36], bytes(96))
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == f"{path} [tensor t1]: tensor data offset 36 is not a multiple of the alignment (32)"
+
+
+def test_overlapping_tensors_are_refused(tmp_path: Path) -> None:
+    path = _f32_tensors(tmp_path, [0, 64, 32, 0], bytes(96))
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == f"{path} [tensor t3]: tensors 't0' and 't3' overlap in the data"
+
+
+def test_token_types_that_are_not_numbers_are_refused(tmp_path: Path) -> None:
+    from format_builders import gguf_file, gguf_kv_array, gguf_string
+
+    items = gguf_string("a") + gguf_string("b")
+    kvs = [gguf_kv_array("tokenizer.ggml.tokens", 8, items, 2),
+           gguf_kv_array("tokenizer.ggml.token_type", 8, items, 2)]
+    path = gguf_file(tmp_path / "tt.gguf", kvs, [], b"")
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == (f"{path}: key tokenizer.ggml.token_type is an array of string, not of int16 or "
+                              "int32 or int64 or int8 or uint16 or uint32 or uint64 or uint8")
+
+
+def test_token_id_that_is_a_string_is_refused(tmp_path: Path) -> None:
+    from format_builders import gguf_file, gguf_kv_str
+
+    path = gguf_file(tmp_path / "id.gguf", [gguf_kv_str("tokenizer.ggml.bos_token_id", "1")], [], b"")
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value).startswith(f"{path}: key tokenizer.ggml.bos_token_id has type string, not ")
+
+
+def test_tokens_that_are_numbers_are_refused(tmp_path: Path) -> None:
+    from format_builders import gguf_file, gguf_kv_array
+
+    path = gguf_file(tmp_path / "tok.gguf", [gguf_kv_array("tokenizer.ggml.tokens", 4, bytes(8), 2)], [], b"")
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == f"{path}: key tokenizer.ggml.tokens is an array of uint32, not of string"
+
+
+def test_overlong_tensor_name_is_refused(tmp_path: Path) -> None:
+    from format_builders import gguf_file
+
+    path = gguf_file(tmp_path / "name.gguf", [], [("model." * 1000, (8,), 0, 0)], bytes(32))
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == f"{path}: tensor info 0 has a name of 6000 bytes, over the 4096-byte cap"
+
+
+def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
+    from format_builders import gguf_file
+
+    path = gguf_file(tmp_path / "e.gguf", [], [("w", (0, 4, 2**62), 0, 0)], b"")
+    with pytest.raises(FormatError) as err:
+        GGUFReader(path)
+    assert str(err.value) == f"{path} [tensor w]: shape [0, 4, {2**62}] describes more than {2**40} elements"
+
+
+def test_infinite_block_scale_reads_as_inf_and_nan_without_a_warning(tmp_path: Path) -> None:
+    # found by tests/fuzz: a Q8_0 block whose f16 scale is inf made numpy warn on stderr
+    from format_builders import gguf_file
+
+    block = struct.pack("<e", float("inf")) + bytes([1, 0] + [0] * 30)  # scale inf, q = 1, 0, 0, ...
+    path = gguf_file(tmp_path / "inf.gguf", [], [("w", (32,), 8, 0)], block)
+    with GGUFReader(path) as src:  # warnings are errors in the tests
+        out = src.read("w")
+    assert out[0] == np.inf and np.isnan(out[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -259,6 +260,16 @@ def test_blocked_dequantize_linear(tmp_path: Path) -> None:
         assert r.info("proj.weight").extra["block_size"] == 4
 
 
+def test_huge_block_size_does_not_allocate_per_block_element(tmp_path: Path) -> None:
+    q = np.arange(-10, 10, dtype=np.int8).reshape(2, 10)
+    scale = np.array([[2.0], [3.0]], np.float32)  # one block covers the row: any block >= 10 is the same
+    inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(scale, "w_s")]
+    node = helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["proj.weight"], axis=1, block_size=2**40)
+    path = _single_tensor_model(tmp_path / "m.onnx", [node], inits, "proj.weight", [2, 10])
+    with ONNXReader(path) as r:  # np.repeat by the block size asked for 2^41 floats
+        np.testing.assert_array_equal(r.read("proj.weight"), q.astype(np.float32) * scale)
+
+
 def test_dynamic_quantize_matmul_takes_its_name_from_the_bias(tmp_path: Path) -> None:
     q = np.arange(-6, 6, dtype=np.int8).reshape(4, 3)  # in x out
     scale = np.array([0.5, 1.0, 2.0], np.float32)
@@ -483,6 +494,57 @@ def test_raw_data_of_the_wrong_size_is_a_format_error(tmp_path: Path) -> None:
     assert str(exc.value) == f"{path} [tensor w]: F32 shape [4] needs 16 bytes but raw_data holds 10"
 
 
+def test_a_100_byte_file_cannot_claim_a_trillion_parameters(tmp_path: Path) -> None:
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[10**6, 10**6])  # a shape, and no data at all
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", ["w"], ["y"])], [t], "y", [1])
+    assert path.stat().st_size < 120
+    with pytest.raises(FormatError) as exc:
+        ONNXReader(path)
+    assert str(exc.value) == (f"{path} [tensor w]: F32 shape [1000000, 1000000] needs 1000000000000 values but "
+                              "the tensor holds 0 in float_data")
+
+
+@pytest.mark.parametrize(("code", "values", "field", "need"), [
+    (TensorProto.INT64, [1, 2, 3], "int64_data", 4), (TensorProto.FLOAT16, [1], "int32_data", 4),
+    (TensorProto.DOUBLE, [1.0] * 5, "double_data", 4), (TensorProto.COMPLEX64, [1.0] * 4, "float_data", 8),
+])
+def test_typed_fields_must_hold_what_the_shape_needs(tmp_path: Path, code: int, values: list[float], field: str,
+                                                     need: int) -> None:
+    t = TensorProto(name="w", data_type=code, dims=[2, 2])
+    getattr(t, field).extend(values)
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", ["w"], ["y"])], [t], "y", [1])
+    with pytest.raises(FormatError) as exc:
+        ONNXReader(path)
+    assert str(exc.value).endswith(f"needs {need} values but the tensor holds {len(values)} in {field}")
+
+
+def test_overlong_tensor_name_is_refused(tmp_path: Path) -> None:
+    name = "model." * 1000 + "w"
+    t = numpy_helper.from_array(np.zeros(4, np.float32), name)
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", [name], ["y"])], [t], "y", [4])
+    with pytest.raises(FormatError) as exc:
+        ONNXReader(path)
+    assert str(exc.value) == f"{path}: a tensor name is 6001 characters long, over the 4096-character cap"
+
+
+def test_reader_keeps_no_second_copy_of_inline_data(tmp_path: Path) -> None:
+    import gc
+
+    w = {"emb.weight": np.ones((2048, 1024), np.float32)}  # 8 MB inline
+    path = write_onnx(tmp_path / "m.onnx", w)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        reader = ONNXReader(path)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    with reader:
+        np.testing.assert_array_equal(reader.read_rows("emb.weight", 5, 6), np.ones((1, 1024)))
+    assert held < 1.5 * 8 * 1024 * 1024  # the bytes once, not the protobuf tree beside them
+
+
 def test_corrupted_bytes_give_format_errors_or_values_never_crashes(tmp_path: Path) -> None:
     gen = np.random.default_rng(11)
     w = _weights(gen)
@@ -655,3 +717,36 @@ def test_sniff_claims_only_the_real_onnx_file(realmodels: Path) -> None:
     claimed = [p.relative_to(realmodels).as_posix() for p in files if sniff(head(p))]
     expected = [p.relative_to(realmodels).as_posix() for p in files if p.suffix == ".onnx"]
     assert claimed == expected
+
+
+def test_empty_shape_beyond_numpy_is_a_format_error(tmp_path: Path) -> None:
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2**62, 4, 0], raw_data=b"")
+    path = _single_tensor_model(tmp_path / "m.onnx", [helper.make_node("Identity", ["w"], ["y"])], [t], "y", [1])
+    with pytest.raises(FormatError) as err:
+        ONNXReader(path)
+    assert str(err.value) == f"{path} [tensor w]: shape [{2**62}, 4, 0] describes more than {2**40} elements"
+
+
+def test_external_data_of_a_hub_snapshot_is_found_beside_the_link(tmp_path: Path, rng: np.random.Generator) -> None:
+    # huggingface_hub links snapshots/<sha>/model.onnx and model.onnx.data to ../../blobs/<hash>
+    w = _weights(rng)
+    made = write_onnx(tmp_path / "made" / "model.onnx", w, external_data=True)
+    repo = tmp_path / "models--org--m"
+    snap = repo / "snapshots" / ("a" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in made.parent.iterdir():
+        blob = repo / "blobs" / f"blob-{f.name}"
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(Path("../../blobs") / blob.name)
+    with ONNXReader(snap / "model.onnx") as r:
+        np.testing.assert_array_equal(r.read(EMB), w[EMB])
+    outside = tmp_path / "elsewhere.data"
+    outside.write_bytes((made.parent / next(p.name for p in made.parent.iterdir() if p.suffix != ".onnx"))
+                        .read_bytes())
+    data_link = next(p for p in snap.iterdir() if p.suffix != ".onnx")
+    data_link.unlink()
+    data_link.symlink_to(outside)
+    with pytest.raises(UnsafeFileError) as err:
+        ONNXReader(snap / "model.onnx")
+    assert "resolves outside the model folder" in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,50 @@ BAD: list[tuple[str, object, str]] = [
      " [tensor a]: shape [3] of F32 needs 12 bytes but data_offsets span 8"),
     ("overlapping", lambda p: raw_safetensors(p, {"a": _entry(offs=[0, 8]), "b": _entry(offs=[4, 12])}, b"\0" * 12),
      " [tensor b]: tensors 'a' and 'b' overlap in the data buffer"),
+    # what the safetensors library refuses too (or, for duplicate keys, should)
+    ("duplicate_key", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+                                                 b'"a": {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}}',
+                                                 b"\0" * 8),
+     ": header is not valid: key 'a' appears twice in one object"),
+    ("duplicate_field", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "dtype": "F16", "shape": [2], '
+                                                   b'"data_offsets": [0, 8]}}', b"\0" * 8),
+     ": header is not valid: key 'dtype' appears twice in one object"),
+    ("dtype_not_a_string", lambda p: raw_safetensors(p, {"a": _entry([])}, b"\0" * 8),  # type: ignore[arg-type]
+     " [tensor a]: unknown dtype []"),  # found by tests/fuzz: a TypeError (unhashable list) before
+    ("boolean_shape", lambda p: raw_safetensors(p, {"a": _entry(shape=[True, 2])}, b"\0" * 8),
+     " [tensor a]: invalid shape [True, 2]"),
+    ("float_shape", lambda p: raw_safetensors(p, {"a": _entry(shape=[2.0])}, b"\0" * 8),  # type: ignore[list-item]
+     " [tensor a]: invalid shape [2.0]"),
+    ("boolean_offsets", lambda p: raw_safetensors(p, {"a": _entry(shape=[0], offs=[False, False])}, b""),
+     " [tensor a]: invalid data_offsets [False, False]"),
+    ("shape_past_u64", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [18446744073709551616, 0], '
+                                                  b'"data_offsets": [0, 0]}}', b""),
+     " [tensor a]: invalid shape [18446744073709551616, 0]"),
+    ("empty_shape_beyond_numpy", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [9223372036854775808, '
+                                                            b'0], "data_offsets": [0, 0]}}', b""),
+     f" [tensor a]: shape [9223372036854775808, 0] describes more than {2**40} elements"),  # found by tests/fuzz
+    ("overlong_integer", lambda p: raw_safetensors(p, b'{"a": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], '
+                                                    b'"data_offsets": [0, 0]}}', b""),
+     " [tensor a]: invalid shape [inf]"),
+    ("overlap_behind_zero_size_tensor", lambda p: raw_safetensors(
+        p, {"a": _entry(shape=[4], offs=[0, 16]), "z": _entry(shape=[0], offs=[4, 4]),
+            "b": _entry(shape=[2], offs=[4, 12])}, b"\0" * 16),
+     " [tensor z]: tensors 'a' and 'z' overlap in the data buffer"),
+    ("gap", lambda p: raw_safetensors(p, {"a": _entry(offs=[0, 8]), "b": _entry(offs=[12, 20])}, b"\0" * 20),
+     " [tensor b]: data_offsets leave bytes [8, 12) before it unused"),
+    ("trailing_bytes", lambda p: raw_safetensors(p, {"a": _entry()}, b"\0" * 12),
+     ": the data buffer holds 4 bytes after the last tensor"),
+    ("metadata_not_an_object", lambda p: raw_safetensors(p, {"__metadata__": [1], "a": _entry()}, b"\0" * 8),
+     ": __metadata__ is not an object of strings"),
+    ("metadata_not_strings", lambda p: raw_safetensors(p, {"__metadata__": {"k": {"x": 1}}, "a": _entry()},
+                                                       b"\0" * 8),
+     ": __metadata__ is not an object of strings"),
+    ("nested_past_serde_limit", lambda p: raw_safetensors(
+        p, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": ' + b"[" * 200 + b"]" * 200 + b"}}",
+        b"\0" * 8),
+     ": header nests deeper than 128 levels"),
+    ("nested_past_python_limit", lambda p: raw_safetensors(p, b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+     ": header nests deeper than 128 levels"),
 ]
 
 
@@ -291,3 +336,90 @@ def test_chosen_by_content_not_extension(tmp_path: Path) -> None:
     q.write_text(json.dumps({"not": "weights"}))
     with pytest.raises(FormatError, match="not a known weight format"):
         open_file(q)
+
+
+# Cases the safetensors library itself accepts: a duplicate key (it keeps the last entry silently, so two
+# readers can see two different tensors under one name), and an empty tensor whose shape numpy cannot hold.
+LIBRARY_ACCEPTS = {"duplicate_key", "empty_shape_beyond_numpy"}  # the second: empty, but numpy cannot shape it
+
+
+@pytest.mark.parametrize("case, build, message", BAD, ids=[b[0] for b in BAD])
+def test_the_safetensors_library_refuses_the_same_files(tmp_path: Path, case: str, build: object,
+                                                        message: str) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    p = tmp_path / f"{case}.safetensors"
+    build(p)  # type: ignore[operator]
+    if case in LIBRARY_ACCEPTS:
+        with safe_open(p, framework="np"):
+            pass
+        return
+    with pytest.raises((SafetensorError, OSError)), safe_open(p, framework="np"):
+        pass
+
+
+def test_doubles_beyond_float32_become_inf_without_a_warning(tmp_path: Path) -> None:
+    p = write_safetensors(tmp_path / "d.safetensors", {"d": np.array([1e300, -1e300, 1.5], np.float64)})
+    with SafetensorsReader(p) as src:  # warnings are errors in the tests: a RuntimeWarning would fail here
+        np.testing.assert_array_equal(src.read("d"), [np.inf, -np.inf, 1.5])
+        np.testing.assert_array_equal(src.read_rows("d", 0, 1), [np.inf])
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F8_E4M3", "I8"])
+def test_threaded_conversion_equals_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """Large reads are split across READ_THREADS threads; the values are the same, to the bit."""
+    from modeltrace.formats import base
+    from modeltrace.formats.base import DTYPE_SIZES, raw_to_float32
+
+    monkeypatch.setattr(base, "CONVERT_CHUNK_BYTES", 64)
+    monkeypatch.setattr(base, "THREADED_MIN_BYTES", 256)
+    monkeypatch.setattr(base, "READ_THREADS", 3)
+    monkeypatch.setattr(base, "_POOL", None)
+    raw = np.random.default_rng(5).integers(0, 256, size=1001 * DTYPE_SIZES[dtype], dtype=np.uint8)
+    p = raw_safetensors(tmp_path / "m.safetensors", {"t": {"dtype": dtype, "shape": [1001],
+                                                           "data_offsets": [0, raw.size]}}, raw.tobytes())
+    with SafetensorsReader(p) as src:
+        got = src.read("t")
+        buf = src.read_buffer()
+        into = src.read_into("t", buf)
+    np.testing.assert_array_equal(got.view(np.uint32), raw_to_float32(raw, dtype).view(np.uint32))
+    np.testing.assert_array_equal(into.view(np.uint32), got.view(np.uint32))
+    fd = os.open(p, os.O_RDONLY)  # a read running past the end of the file: the last part raises, in the caller
+    try:
+        with pytest.raises(FormatError) as err:
+            base.pread_float32(fd, p, p.stat().st_size - raw.size, raw.size + 64 * DTYPE_SIZES[dtype], dtype)
+        assert str(err.value).endswith("while reading tensor data; truncated?")
+    finally:
+        os.close(fd)
+
+
+def test_a_fifo_is_not_opened(tmp_path: Path) -> None:
+    from modeltrace.formats import detect_format
+
+    p = tmp_path / "model.safetensors"
+    os.mkfifo(p)
+    with pytest.raises(FormatError) as err:
+        detect_format(p)  # opening a FIFO for reading blocks until a writer comes
+    assert str(err.value) == f"{p}: not a regular file"
+
+
+def test_threaded_reads_work_in_a_forked_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked after the pool was made has none of its threads: it makes its own, and does not hang."""
+    from modeltrace.formats import base
+
+    monkeypatch.setattr(base, "THREADED_MIN_BYTES", 256)
+    monkeypatch.setattr(base, "READ_THREADS", 2)
+    raw = np.arange(4096, dtype=np.uint16)
+    p = raw_safetensors(tmp_path / "m.safetensors", {"t": {"dtype": "BF16", "shape": [4096],
+                                                           "data_offsets": [0, raw.nbytes]}}, raw.tobytes())
+    with SafetensorsReader(p) as src:
+        want = src.read("t")  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when the read matches, within the alarm
+        import signal
+
+        signal.alarm(20)
+        with SafetensorsReader(p) as src:
+            os._exit(0 if np.array_equal(src.read("t"), want) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

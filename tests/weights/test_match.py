@@ -152,3 +152,13 @@ def test_incompatible_shapes_stay_unpaired(tmp_path: Path, rng: np.random.Genera
     b["model.layers.0.mlp.up_proj.weight"] = rng.standard_normal(shape_b).astype(np.float32)
     m = match_sources(_src(tmp_path, "a", a), _src(tmp_path, "b", b))
     assert "model.layers.0.mlp.up_proj.weight" in m.unmatched_a
+
+
+def test_excluded_tensors_are_never_paired(tmp_path: Path, rng: np.random.Generator) -> None:
+    st = _random_llama(rng)
+    st["model.stft_basis"] = rng.standard_normal((8, 8)).astype(np.float32)
+    ex = frozenset({"model.stft_basis", "model.layers.0.mlp.up_proj.weight"})
+    m = match_sources(_src(tmp_path, "a", st), _src(tmp_path, "b", st), exclude_a=ex, exclude_b=ex)
+    assert not {p.a for p in m.pairs} & ex and not {p.b for p in m.pairs} & ex
+    assert m.unmatched_a == () and m.unmatched_b == ()
+    assert len(m.find("mlp_up")) == 1

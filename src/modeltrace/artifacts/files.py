@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,19 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
     """The whole file, refused when it is larger than `limit` bytes (default MAX_BINARY_BYTES)."""
     limit = MAX_BINARY_BYTES if limit is None else limit
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         raise FormatError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise FormatError(path, "not a regular file")
+    size = st.st_size
     if size > limit:
         raise FormatError(path, f"file is {size} bytes, over the {limit}-byte cap")
-    with open(path, "rb") as fh:
-        return fh.read(limit + 1)[:limit]
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(limit + 1)[:limit]
+    except OSError as exc:
+        raise FormatError(path, f"cannot read: {exc.strerror or exc}") from exc
 
 
 def read_text(path: Path, limit: int | None = None) -> str:

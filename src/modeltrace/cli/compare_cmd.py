@@ -50,7 +50,7 @@ def render(result: CompareResult, console: Console) -> None:
     head.append(result.verdict.upper(), style=VERDICT_STYLE.get(result.verdict, "bold"))
     head.append(f"  combined p = {_p(result.p_value)} (threshold {result.threshold:g})")
     console.print(head)
-    console.print(_t(result.reason, limit=600))
+    console.print(_t(result.reason, limit=1200))
     console.print(Text("A: ") + _t(result.a) + Text("   B: ") + _t(result.b))
 
     table = Table(title="Evidence", title_justify="left")
@@ -66,6 +66,9 @@ def render(result: CompareResult, console: Console) -> None:
     for e in result.evidence:
         console.print(Text("  ") + _t(e.method) + Text(": ") + _t(e.statement, limit=400))
 
+    if result.controls is not None and result.verdict != "derived":
+        missed = f"; missed: {', '.join(result.controls.missed)}" if result.controls.missed else ""
+        console.print(Text("Positive controls: ") + _t(result.controls.limit + missed, limit=800))
     if result.transforms:
         tt = Table(title="How B differs from A", title_justify="left")
         tt.add_column("kind")
@@ -114,7 +117,9 @@ def render(result: CompareResult, console: Console) -> None:
 @click.option("--reference", "references", multiple=True, metavar="REF",
               help="A model known to be unrelated to A (folder or endpoint; repeatable): the measured null of "
                    "the behaviour tests.")
-@click.option("--other", metavar="REF", help="A third model B may be a merge of: estimate mixing coefficients.")
+@click.option("--other", "other", multiple=True, metavar="REF",
+              help="A model B may be a merge of (repeatable): one gives mixing coefficients; a base A and "
+                   "several task models give task-arithmetic or TIES coefficients.")
 @click.option("--code", "code", multiple=True, metavar="a=PATH|b=PATH",
               help="Extra modelling code for A or B (repeatable), compared but never run.")
 @click.option("--prompts", type=int, default=200, show_default=True, help="Prompts for the behaviour tests.")
@@ -124,11 +129,13 @@ def render(result: CompareResult, console: Console) -> None:
               help="Next-token log-probabilities per prompt for logprob-similarity "
                    "(default 100, or the smallest limit of an endpoint: 20).")
 @click.option("--cache", type=click.Path(path_type=Path), help="Response cache (default ~/.cache/modeltrace).")
+@click.option("--no-controls", "no_controls", is_flag=True,
+              help="Skip the positive controls (faster; without them nothing is called independent).")
 @click.pass_context
 def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, threshold: float, seed: int,
             methods: tuple[str, ...], download: bool, hash_files: bool, probes: Path | None, behaviour: bool,
-            references: tuple[str, ...], other: str | None, code: tuple[str, ...], prompts: int,
-            chat: bool, top_logprobs: int | None, cache: Path | None) -> None:
+            references: tuple[str, ...], other: tuple[str, ...], code: tuple[str, ...], prompts: int,
+            chat: bool, top_logprobs: int | None, cache: Path | None, no_controls: bool) -> None:
     """Is model B derived from model A? Weight, artifact and (when asked) behaviour evidence.
 
     A and B are folders, weight files or hf:org/name[@rev]; either may also be an endpoint
@@ -145,7 +152,7 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
     if cache is not None:
         options["cache"] = str(cache)
     if other:
-        options["other"] = other
+        options["other"] = other[0] if len(other) == 1 else list(other)
     try:
         opened = []
         for side, ref in (("a", model_a), ("b", model_b)):
@@ -160,7 +167,7 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
                 if m.weight_files:
                     m.source.infos()
             result = run_compare(a, b, methods=list(methods) or None, threshold=threshold, seed=seed,
-                                 options=options, hash_files=hash_files)
+                                 options=options, hash_files=hash_files, controls=not no_controls)
         finally:
             a.close()
             b.close()

@@ -9,18 +9,28 @@ against both. Task arithmetic (Ilharco et al., "Editing Models with Task Arithme
 fits B - base ~ sum_i lambda_i (T_i - base). Without C, the share of B that A explains is the
 R^2 of B regressed on A, with the slope alpha: for B = alpha A + beta C with C independent of
 A, the slope estimates alpha and R^2 = alpha^2 var(A) / var(B).
+
+Given the base and several task models (compare's repeatable `--other`), `merge_from_parts` fits
+task arithmetic and TIES-merging (Yadav, Tam, Choshen, Raffel & Bansal, "TIES-Merging: Resolving
+Interference When Merging Models", NeurIPS 2023) and names the better one with its coefficients.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from modeltrace.diagnose._common import check_same_shape, sample_flat
+
+if TYPE_CHECKING:
+    from modeltrace.evidence.base import Transform
+    from modeltrace.model import Model
+    from modeltrace.weights.match import Matching
 
 SUM_TOL = 0.03  # |alpha + beta - 1| within this reads as linear
 
@@ -212,3 +222,150 @@ def share_explained(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, seed: int
     for a, b in pairs:
         acc.add(a, b)
     return acc.result()
+
+
+# --- a merge given its base and task models ------------------------------------------------------
+
+TIES_DENSITIES = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # the share of each task vector TIES keeps, tried in turn
+TIES_GAIN = 0.02  # TIES is named only when it explains this much more of the change than task arithmetic
+
+
+def ties_direction(deltas: Sequence[np.ndarray], density: float) -> np.ndarray:
+    """The TIES-merged task vector (Yadav et al., "TIES-Merging", NeurIPS 2023) before its scale.
+
+    Each task vector keeps its `density` share of largest magnitudes (trim); each coordinate's sign
+    is the sign of the trimmed vectors' sum (elect); the kept values that agree with it are averaged
+    (disjoint mean). With density 1 and one task it is the task vector itself.
+    """
+    stack = np.stack([np.asarray(d, dtype=np.float64) for d in deltas])
+    if density < 1.0:
+        for i in range(len(stack)):
+            mag = np.abs(stack[i])
+            keep = max(1, round(density * mag.size))
+            if keep < mag.size:
+                thr = np.partition(mag, mag.size - keep)[mag.size - keep]
+                stack[i] = np.where(mag >= thr, stack[i], 0.0)
+    sign = np.sign(stack.sum(axis=0))
+    agree = (np.sign(stack) == sign[None, :]) & (stack != 0)
+    count = agree.sum(axis=0)
+    out: np.ndarray = np.where(count > 0, (stack * agree).sum(axis=0) / np.maximum(count, 1), 0.0)
+    return out
+
+
+@dataclass(frozen=True)
+class PartsFit:
+    """B as base plus its task models' vectors: task arithmetic (one lambda per task) or TIES (one scale)."""
+
+    method: str  # "task-arithmetic" | "ties" | "undetermined"
+    lambdas: tuple[float, ...]  # per task (task arithmetic), or the one TIES scale
+    r2: float  # share of B - base explained
+    density: float | None  # TIES: the share of each task vector kept
+    n_tensors: int
+    fits: dict[str, float]  # R^2 of every candidate ("task-arithmetic", "ties@0.2", ...)
+    reason: str
+
+
+def merge_from_parts(groups: Iterable[tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]]], *,
+                     seed: int = 0) -> PartsFit:
+    """Fit B - base by task arithmetic and by TIES at each of `TIES_DENSITIES`, over (base, B, [T_1..T_k]).
+
+    Task arithmetic (Ilharco et al., ICLR 2023): B - base ~ sum_i lambda_i (T_i - base), least squares.
+    TIES: B - base ~ lambda ties_direction(T_i - base, density), trimmed per tensor as merging tools do.
+    Both are pooled over tensors (the same sampled coordinates of each). The better fit is named;
+    TIES only when it explains `TIES_GAIN` more of the change, since task arithmetic has k free
+    coefficients to TIES's one.
+    """
+    k: int | None = None
+    g: np.ndarray | None = None
+    h: np.ndarray | None = None
+    yy = 0.0
+    n = 0
+    ties_xy = dict.fromkeys(TIES_DENSITIES, 0.0)
+    ties_xx = dict.fromkeys(TIES_DENSITIES, 0.0)
+    for base, b, tasks in groups:
+        check_same_shape(base, b, "base and B")
+        for t in tasks:
+            check_same_shape(base, t, "base and a task model")
+        fbase = sample_flat(base, seed=seed)
+        y = sample_flat(b, seed=seed) - fbase
+        deltas = [sample_flat(t, seed=seed) - fbase for t in tasks]
+        x = np.stack(deltas, axis=1)
+        k = x.shape[1]
+        g = x.T @ x if g is None else g + x.T @ x
+        h = x.T @ y if h is None else h + x.T @ y
+        yy += float(y @ y)
+        n += 1
+        for dens in TIES_DENSITIES:
+            tv = ties_direction(deltas, dens)
+            ties_xy[dens] += float(tv @ y)
+            ties_xx[dens] += float(tv @ tv)
+    if g is None or h is None or k is None or yy <= 0:
+        return PartsFit("undetermined", (), 0.0, None, n, {}, "B equals the base or no tensor could be fitted")
+    lam, *_ = np.linalg.lstsq(g, h, rcond=None)
+    resid = yy - 2 * float(lam @ h) + float(lam @ g @ lam)
+    fits = {"task-arithmetic": 1.0 - resid / yy}
+    scale: dict[float, float] = {}
+    for dens in TIES_DENSITIES:
+        if ties_xx[dens] > 0:
+            scale[dens] = ties_xy[dens] / ties_xx[dens]
+            fits[f"ties@{dens:g}"] = ties_xy[dens] ** 2 / (ties_xx[dens] * yy)
+    best_ties = max(scale, key=lambda d: fits[f"ties@{d:g}"], default=None)
+    ta = fits["task-arithmetic"]
+    if best_ties is not None and fits[f"ties@{best_ties:g}"] > ta + TIES_GAIN:
+        r2 = fits[f"ties@{best_ties:g}"]
+        return PartsFit("ties", (scale[best_ties],), r2, best_ties, n, fits,
+                        f"B = base + {scale[best_ties]:.3f} TIES(task vectors, density {best_ties:g}) "
+                        f"explains {r2:.1%} of B - base")
+    lams = tuple(float(v) for v in lam)
+    return PartsFit("task-arithmetic", lams, ta, None, n, fits,
+                    "B = base + " + " + ".join(f"{v:.3f} (task{i + 1} - base)" for i, v in enumerate(lams))
+                    + f" explains {ta:.1%} of B - base")
+
+
+def parts_groups(ab: Matching, others: Sequence[Matching]) -> Iterator[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+    """(base, B, [T_i]) per tensor, each in A's layout: `ab` pairs A (the base) with B, `others[i]` A with T_i.
+
+    Only pieces every task model has are used; vocabulary rows (embeddings, heads) are skipped, since
+    a merge of models with extended vocabularies cannot be read row by row.
+    """
+    from modeltrace.weights.match import VOCAB_KINDS
+
+    found = [{(p.a, p.a_rows): p for p in m.pairs} for m in others]
+    for p in ab.pairs:
+        if p.kind in VOCAB_KINDS:
+            continue
+        parts = [f.get((p.a, p.a_rows)) for f in found]
+        if any(q is None for q in parts):
+            continue
+        base, b = ab.read_a(p), ab.read_b(p)
+        tasks = [m.read_b(q) for m, q in zip(others, parts) if q is not None]
+        if all(t.shape == base.shape for t in tasks) and b.shape == base.shape:
+            yield base, b, tasks
+
+
+MERGE_R2 = 0.5  # a parts fit explaining less of B - base than this names no merge
+
+
+def merge_parts_transform(ab: Matching, a: Model, others: Sequence[Model | str], *, seed: int = 0,
+                          ) -> tuple[Transform | None, dict[str, object]]:
+    """Diagnose B as a merge of base A and the task models `others` (models or references, opened and
+    closed here): the `merge` transform when the fit explains at least `MERGE_R2` of B - A, and the fit."""
+    from modeltrace.evidence.base import Transform
+    from modeltrace.model import Model
+    from modeltrace.weights.match import match_models
+
+    opened = [Model.open(o) if isinstance(o, str) else o for o in others]
+    try:
+        matchings = [match_models(a, t) for t in opened]
+        fit = merge_from_parts(parts_groups(ab, matchings), seed=seed)
+    finally:
+        for o, t in zip(others, opened):
+            if isinstance(o, str):
+                t.close()
+    refs = [t.ref for t in opened]
+    info: dict[str, object] = {"method": fit.method, "lambdas": [round(v, 6) for v in fit.lambdas],
+                               "r2": round(fit.r2, 6), "density": fit.density, "tensors": fit.n_tensors,
+                               "fits": {k: round(v, 6) for k, v in fit.fits.items()}, "others": refs}
+    if fit.method == "undetermined" or fit.r2 < MERGE_R2:
+        return None, info
+    return Transform("merge", f"{fit.reason} ({', '.join(refs)})", info), info

@@ -41,6 +41,9 @@ class DiagnosisMethod(EvidenceMethod):
         wa = analysis_for(ctx)
         record_layer_map(ctx, wa)
         other = ctx.options.get("other")
+        parts = list(other) if isinstance(other, (list, tuple)) else None  # base A + several task models
+        if parts is not None:
+            other = parts[0] if len(parts) == 1 else None
         if isinstance(other, str):
             other = Model.open(other)
         if other is not None and not isinstance(other, Model):
@@ -48,6 +51,12 @@ class DiagnosisMethod(EvidenceMethod):
                                 f"got {type(other).__name__}")
         other_matching = match_models(ctx.a, other) if other is not None else None
         diag = Diagnoser(wa, seed=ctx.seed, other=other, other_matching=other_matching).run()
+        extra: dict[str, object] = {}
+        if parts is not None and len(parts) > 1:
+            from modeltrace.diagnose.merge import merge_parts_transform
+
+            merge, extra["merge_parts"] = merge_parts_transform(wa.matching, ctx.a, parts, seed=ctx.seed)
+            diag.transforms[:] = [t for t in diag.transforms if t.kind != "merge"] + ([merge] if merge else [])
         have = {t.kind for t in ctx.transforms}
         new = [t for t in diag.transforms if t.kind not in have]
         ctx.transforms.extend(new)
@@ -59,4 +68,4 @@ class DiagnosisMethod(EvidenceMethod):
                          + (f" ({diag.notes[0]})" if diag.notes else ""))
         return Evidence(method=self.name, status="ok", statement=statement, null_hypothesis=self.null_hypothesis,
                         statistic=None, p_value=None, kind="weights", powered=False,
-                        details={"transforms": kinds, **diag.details()})
+                        details={"transforms": kinds, **diag.details(), **extra})

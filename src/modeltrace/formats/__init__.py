@@ -38,6 +38,8 @@ def detect_format(path: Path) -> str:
         raise FormatError(path, "no such file")
     if path.is_dir():
         raise FormatError(path, "is a folder, not a weight file")
+    if not path.is_file():  # a FIFO or device: opening it could block for ever
+        raise FormatError(path, "not a regular file")
     with open(path, "rb") as fh:
         head = fh.read(HEAD_BYTES)
     if not head:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -18,6 +20,24 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from modeltrace.errors import FormatError
+
+MAX_NAME_CHARS = 4096
+"""Longest tensor name any reader accepts (real names are under 200 characters; a name of a few MB makes
+every later step that matches names slow)."""
+MAX_SHAPE_ELEMENTS = 2**40
+"""Most elements a shape may describe, zero-length dimensions aside: numpy refuses larger shapes even
+when a zero makes them empty, and no tensor comes near (a file-backed tensor is also held to its bytes)."""
+
+
+def check_shape(path: Path | str, shape: tuple[int, ...], tensor: str | None = None) -> None:
+    """Refuse a shape numpy cannot represent (see MAX_SHAPE_ELEMENTS), as a FormatError naming the tensor."""
+    n = 1
+    for d in shape:
+        if d:
+            n *= d
+    if n > MAX_SHAPE_ELEMENTS:
+        raise FormatError(path, f"shape {list(shape)} describes more than {MAX_SHAPE_ELEMENTS} elements",
+                          tensor=tensor)
 
 
 @dataclass(frozen=True)
@@ -148,7 +168,8 @@ def raw_to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
         out <<= 16
         return out.view(np.float32)
     if dtype == "F64":
-        return raw.view("<f8").astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, as a float32 copy would hold
+            return raw.view("<f8").astype(np.float32)
     if dtype in ("F8_E4M3", "F8_E5M2"):
         table: np.ndarray = FP8_E4M3FN if dtype == "F8_E4M3" else FP8_E5M2
         return np.take(table, raw)
@@ -187,7 +208,8 @@ def convert_into(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
     elif dtype == "F16":
         np.copyto(out, raw.view("<f2"))
     elif dtype == "F64":
-        np.copyto(out, raw.view("<f8"), casting="same_kind")
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, without a RuntimeWarning on stderr
+            np.copyto(out, raw.view("<f8"), casting="same_kind")
     elif dtype == "F8_E4M3":
         np.take(FP8_E4M3FN, raw, out=out)
     elif dtype == "F8_E5M2":
@@ -240,6 +262,41 @@ def _convert_range(fd: int, path: Path, offset: int, dtype: str, out: np.ndarray
         convert_into(buf[: k * size], dtype, out[i : i + k])
 
 
+READ_THREADS = max(1, int(os.environ.get("MODELTRACE_READ_THREADS", "0") or 0) or min(4, os.cpu_count() or 1))
+"""Threads that convert one large tensor (pread and numpy's conversions release the GIL); set
+MODELTRACE_READ_THREADS=1 for one. Conversion, not the disk, bounds a bf16 read from the page cache."""
+THREADED_MIN_BYTES = 8 * 1024 * 1024
+"""Tensors smaller than this (stored bytes) are converted on the calling thread: a hand-off costs more."""
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The conversion threads, made on first use and again in a forked child (which has none of them)."""
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid():
+            _POOL = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="modeltrace-read")
+            _POOL_PID = os.getpid()
+        return _POOL
+
+
+def _convert_parallel(fd: int, path: Path, offset: int, dtype: str, out: np.ndarray, n: int) -> None:
+    """`_convert_range` over [0, n), split into contiguous parts converted by up to READ_THREADS threads."""
+    size = DTYPE_SIZES[dtype]
+    parts = min(READ_THREADS, n * size // THREADED_MIN_BYTES)
+    if parts <= 1:
+        _convert_range(fd, path, offset, dtype, out, 0, n)
+        return
+    per = max(1, CONVERT_CHUNK_BYTES // size)
+    step = -(-n // parts // per) * per  # whole chunks per part
+    futures = [_pool().submit(_convert_range, fd, path, offset, dtype, out, a, min(n, a + step))
+               for a in range(0, n, step)]
+    for f in futures:
+        f.result()  # a FormatError from any part (a truncated file) is raised here
+
+
 def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str,
                   out: np.ndarray | None = None) -> np.ndarray:
     """Read `nbytes` at `offset` of an open file as a flat float32 array, converting chunk by chunk.
@@ -260,7 +317,7 @@ def pread_float32(fd: int, path: Path, offset: int, nbytes: int, dtype: str,
     if dtype == "F32" and sys.byteorder == "little":
         _pread_exact(fd, out.data.cast("B"), offset, path)  # one copy, straight into the result
         return out
-    _convert_range(fd, path, offset, dtype, out, 0, n)
+    _convert_parallel(fd, path, offset, dtype, out, n)
     return out
 
 

@@ -9,6 +9,7 @@ first); tensors are dequantized to float32 one at a time with `gguf.quants.dequa
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -19,16 +20,37 @@ from typing import Any
 import numpy as np
 
 from modeltrace.errors import FormatError
-from modeltrace.formats.base import TensorInfo, TensorSource, release_map
+from modeltrace.formats.base import MAX_NAME_CHARS, TensorInfo, TensorSource, check_shape, release_map
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 8
+"""Most dimensions of a tensor (GGML_MAX_DIMS is 4; a little room for other writers)."""
 MAX_ARRAY_DEPTH = 4
+"""Arrays of arrays nested deeper than this are refused."""
+MAX_KEY_BYTES = 65_535
+"""Longest metadata key."""
 ARRAY_SUMMARY_CAP = 64  # arrays longer than this are summarized by metadata()
 ARRAY_HEAD = 8
 DEFAULT_ALIGNMENT = 32
 READ_CHUNK_ELEMENTS = 1 << 22  # elements dequantized at a time by read()
+
+_INTEGER_TYPES = frozenset({0, 1, 2, 3, 4, 5, 10, 11})
+_NUMBER_TYPES = _INTEGER_TYPES | {6, 12}
+# Keys whose value type the GGUF specification fixes, and which later steps rely on: key -> (value type
+# set, array item type set or None). A file that stores, say, strings as token types is refused here.
+_KEY_TYPES: dict[str, tuple[frozenset[int], frozenset[int] | None]] = {
+    "general.architecture": (frozenset({8}), None),
+    "general.alignment": (frozenset({4}), None),
+    "tokenizer.ggml.model": (frozenset({8}), None),
+    "tokenizer.ggml.pre": (frozenset({8}), None),
+    "tokenizer.ggml.tokens": (frozenset({9}), frozenset({8})),
+    "tokenizer.ggml.merges": (frozenset({9}), frozenset({8})),
+    "tokenizer.ggml.token_type": (frozenset({9}), _INTEGER_TYPES),
+    "tokenizer.ggml.scores": (frozenset({9}), _NUMBER_TYPES),
+    "tokenizer.chat_template": (frozenset({8}), None),
+}
+_TOKEN_ID_SUFFIX = "_token_id"
 
 # GGUF value type -> fixed byte size (strings and arrays are variable).
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -176,9 +198,13 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
     alignment = DEFAULT_ALIGNMENT
     kvs: dict[str, KeyValue] = {}
     for i in range(kv_count):
-        key = w.string(f"key {i}").decode("utf-8", "replace")
+        raw_key = w.string(f"key {i}")
+        if len(raw_key) > MAX_KEY_BYTES:
+            raise FormatError(path, f"key {i} is {len(raw_key)} bytes long, over the {MAX_KEY_BYTES}-byte cap")
+        key = raw_key.decode("utf-8", "replace")
         vtype = w.unpack("I", f"type of key {_show(key)}")
         pos = w.pos
+        _check_key_type(path, key, vtype, buf, pos, size)
         value = w.value(vtype, f"value of key {_show(key)}", decode=vtype != _ARRAY)
         if key in kvs:
             raise FormatError(path, f"key {_show(key)} appears twice")
@@ -189,7 +215,11 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
             alignment = value
     entries: list[tuple[str, tuple[int, ...], int, int, int]] = []
     for i in range(tensor_count):
-        name = w.string(f"tensor info {i} name").decode("utf-8", "replace")
+        raw_name = w.string(f"tensor info {i} name")
+        if len(raw_name) > MAX_NAME_CHARS:
+            raise FormatError(path, f"tensor info {i} has a name of {len(raw_name)} bytes, over the "
+                              f"{MAX_NAME_CHARS}-byte cap")
+        name = raw_name.decode("utf-8", "replace")
         shown = _show(name)
         ndims = w.unpack("I", f"tensor {shown} dimension count")
         if ndims > MAX_DIMS:
@@ -203,6 +233,7 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
         except (ValueError, KeyError):
             raise FormatError(path, f"unknown tensor type {qtype}", tensor=shown) from None
+        check_shape(path, tuple(dims), shown)
         numel = 1
         for d in dims:
             numel *= d
@@ -213,13 +244,41 @@ def scan_header(path: Path, buf: Any, size: int) -> HeaderScan:
     data_start = w.pos + (-w.pos) % alignment
     tensors: dict[str, TensorEntry] = {}
     for name, dims, qtype, offset, nbytes in entries:
+        if offset % alignment:
+            raise FormatError(path, f"tensor data offset {offset} is not a multiple of the alignment "
+                              f"({alignment})", tensor=_show(name))
         if data_start + offset + nbytes > size:
             raise FormatError(path, f"tensor data [{offset}, {offset + nbytes}) runs past the end of the "
                               f"data ({max(0, size - data_start)} bytes); truncated?", tensor=_show(name))
         if name in tensors:
             raise FormatError(path, "tensor name appears twice", tensor=_show(name))
         tensors[name] = TensorEntry(name, dims, qtype, data_start + offset, nbytes)
+    # Tensors may not share bytes: each byte of data backs one tensor (an overlap would let one stored
+    # tensor count twice, or two readers see different weights).
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
+    for (_s0, e0, n0), (s1, _e1, n1) in itertools.pairwise(spans):
+        if s1 < e0:
+            raise FormatError(path, f"tensors {_show(n0)!r} and {_show(n1)!r} overlap in the data",
+                              tensor=_show(n1))
     return HeaderScan(version, tensor_count, kv_count, alignment, data_start, kvs, tensors)
+
+
+def _check_key_type(path: Path, key: str, vtype: int, buf: Any, pos: int, size: int) -> None:
+    """Keys whose type the specification fixes must have it (token types as numbers, tokens as strings)."""
+    want = _KEY_TYPES.get(key)
+    if want is None and key.startswith("tokenizer.ggml.") and key.endswith(_TOKEN_ID_SUFFIX):
+        want = (_INTEGER_TYPES, None)
+    if want is None:
+        return
+    types, items = want
+    if vtype not in types:
+        raise FormatError(path, f"key {_show(key)} has type {_TYPE_NAMES.get(vtype, vtype)}, not "
+                          f"{' or '.join(sorted(_TYPE_NAMES[t] for t in types))}")
+    if items is not None and pos + 4 <= size:
+        (itype,) = struct.unpack_from("<I", buf, pos)
+        if itype not in items:
+            raise FormatError(path, f"key {_show(key)} is an array of {_TYPE_NAMES.get(itype, itype)}, not of "
+                              f"{' or '.join(sorted(_TYPE_NAMES[t] for t in items))}")
 
 
 def _show(raw: bytes | str) -> str:
@@ -324,12 +383,14 @@ class GGUFReader(TensorSource):
         qt = GGMLQuantizationType(qtype)
         qname = qt.name
         try:
-            if qname in _PLAIN_DTYPES:
-                out = raw.view(_PLAIN_DTYPES[qname]).astype(np.float32)
-            elif qname == "BF16":
-                out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-            else:
-                out = np.asarray(gguf.quants.dequantize(raw, qt), dtype=np.float32)
+            # values are what the file holds: an inf or NaN scale gives inf or NaN, without a RuntimeWarning
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if qname in _PLAIN_DTYPES:
+                    out = raw.view(_PLAIN_DTYPES[qname]).astype(np.float32)
+                elif qname == "BF16":
+                    out = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+                else:
+                    out = np.asarray(gguf.quants.dequantize(raw, qt), dtype=np.float32)
         except NotImplementedError as exc:
             raise FormatError(self.path, f"dequantizing {qname} is not supported",
                               tensor=_show(name)) from exc
@@ -353,8 +414,21 @@ class GGUFReader(TensorSource):
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         info = self.info(name)
-        if len(info.shape) < 2:
-            return np.ascontiguousarray(self.read(name)[start:stop])
+        if not info.shape:
+            return self.read(name)
+        if len(info.shape) == 1:  # elements of a vector: dequantize only the blocks that hold them
+            from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+            t = self.scan.tensors[name]
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(t.qtype)]
+            n = info.shape[0]
+            stop = min(n, max(0, stop))
+            start = min(max(0, start), stop)
+            b0, b1 = start // block, -(-stop // block)
+            raw = np.frombuffer(self._map(), dtype=np.uint8, count=(b1 - b0) * type_size,
+                                offset=t.offset + b0 * type_size)
+            values = self._dequantize(name, raw, t.qtype, ((b1 - b0) * block,))
+            return np.ascontiguousarray(values[start - b0 * block: stop - b0 * block])
         raw, qtype = self._raw(name, start, stop)
         return self._dequantize(name, raw, qtype, (raw.shape[0],) + info.shape[1:])
 

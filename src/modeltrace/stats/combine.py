@@ -13,13 +13,15 @@ from collections.abc import Sequence
 
 from scipy import stats as _st
 
+from modeltrace.errors import EvidenceError
+
 P_FLOOR = 1e-300  # smallest p-value we report: float64 cannot say less with meaning
 
 
 def floor(p: float) -> float:
-    """Clamp a p-value into [P_FLOOR, 1]."""
+    """Clamp a p-value into [P_FLOOR, 1]. NaN is a bug upstream, never "no evidence": it raises."""
     if math.isnan(p):
-        return 1.0
+        raise EvidenceError("a p-value is NaN: the test's inputs were not finite or its statistic is undefined")
     return min(1.0, max(P_FLOOR, p))
 
 
@@ -37,9 +39,7 @@ def bonferroni_min(pvalues: Sequence[float]) -> float:
     ps = [floor(p) for p in pvalues]
     if not ps:
         return 1.0
-    if min(ps) <= P_FLOOR:  # a test already at the floor: nothing smaller can be said, nor need be
-        return P_FLOOR
-    return floor(len(ps) * min(ps))
+    return floor(len(ps) * min(ps))  # at the floor too: m * P_FLOOR, never P_FLOOR itself
 
 
 def harmonic_mean_p(pvalues: Sequence[float]) -> float:

@@ -248,3 +248,85 @@ def align_residual(ea: np.ndarray | None, eb: np.ndarray | None, *, good: float 
         is_perm = bool(np.all(np.max(np.abs(r), axis=1) > 0.9))
         return ResidualAlignment("permute" if is_perm else "rotate", r, fit_i, fit_r, ea.shape[0])
     return ResidualAlignment("identity", None, fit_i, fit_r, ea.shape[0])
+
+
+# --- residual streams of different widths --------------------------------------------------------
+
+ORDER_PAIRS = 128  # matched pairs an order test uses (a seeded subsample; see stats.inversions)
+
+
+def order_test(a_idx: np.ndarray, b_idx: np.ndarray, rng: np.random.Generator,
+               m_max: int = ORDER_PAIRS) -> tuple[int, int, float]:
+    """(inversions, m, exact p) of matched pairs (A index, B index): few inversions = B kept A's order.
+
+    The pairs are subsampled by position in A's order with `rng` (which never sees B's labels), so
+    under H0 (B's labels uniform) the subsample's B indices are still in uniformly random order.
+    """
+    from modeltrace.stats.inversions import inversion_tail, inversions
+
+    order = np.argsort(a_idx, kind="stable")
+    a_idx, b_idx = np.asarray(a_idx)[order], np.asarray(b_idx)[order]
+    if len(a_idx) > m_max:
+        pick = np.sort(rng.choice(len(a_idx), size=m_max, replace=False))
+        a_idx, b_idx = a_idx[pick], b_idx[pick]
+    m = len(b_idx)
+    k = inversions(b_idx)
+    return k, m, inversion_tail(k, m)
+
+
+@dataclass(frozen=True)
+class WidthAlignment:
+    """Residual dimensions of two models of different widths paired through shared-token embeddings.
+
+    `sel_a[k]` and `sel_b[k]` are the k-th pair (A's and B's dimension), in A's order: the pairs a
+    unit of one model is compared over with a unit of the other: a partial assignment (every
+    dimension of the narrower model that kept its match); `confident` of them clearly beat the runner-up.
+    """
+
+    sel_a: np.ndarray
+    sel_b: np.ndarray
+    d_a: int
+    d_b: int
+    tokens: int
+    inversions: int
+    order_m: int
+    order_p: float  # exact: see `order_test`
+    confident: int = 0
+
+    def describe(self) -> dict[str, object]:
+        narrow = min(self.d_a, self.d_b)
+        return {"kind": "width", "d_a": self.d_a, "d_b": self.d_b, "paired_dims": len(self.sel_a),
+                "paired_share_of_narrower": round(len(self.sel_a) / narrow, 4) if narrow else 0.0,
+                "kept_fraction": round(self.d_b / self.d_a, 4) if self.d_a else None,
+                "confident_dims": self.confident, "tokens": self.tokens, "order": {"inversions": self.inversions, "pairs": self.order_m,
+                                                 "p_value": self.order_p}}
+
+
+def align_widths(ea: np.ndarray, eb: np.ndarray, seed: int) -> WidthAlignment:
+    """Pair A's and B's residual dimensions by their embedding columns over the same tokens.
+
+    Each dimension of the narrower model is matched to the most similar column (correlation over
+    the shared tokens) of the wider one, injectively (a dimension that loses its match to a more
+    similar one stays unpaired). Matching B's columns is equivariant to relabelling B's residual
+    dimensions, and which pairs are kept does not depend on the labels, which is what the exact
+    order test needs.
+    """
+    def cols(e: np.ndarray) -> np.ndarray:
+        x: np.ndarray = e.astype(np.float64) - e.mean(axis=0, keepdims=True)
+        return x.T  # one row per residual dimension
+
+    xa, xb = cols(ea), cols(eb)
+    narrow_is_b = xb.shape[0] <= xa.shape[0]
+    small, big = (xb, xa) if narrow_is_b else (xa, xb)
+    um = match_units(small, big, np.arange(small.shape[0]), small.shape[0])
+    conf = um.kept  # every injective pair: the order test needs no confidence, and has its power from all of them
+    s_idx, b_of = np.flatnonzero(conf), um.target[conf]
+    sel_a, sel_b = (b_of, s_idx) if narrow_is_b else (s_idx, b_of)
+    order = np.argsort(sel_a, kind="stable")
+    sel_a, sel_b = sel_a[order], sel_b[order]
+    if len(sel_a) >= 2:
+        k, m, p = order_test(sel_a, sel_b, np.random.default_rng([seed, 29]))
+    else:
+        k, m, p = 0, len(sel_a), 1.0
+    return WidthAlignment(sel_a.astype(np.int64), sel_b.astype(np.int64), int(xa.shape[0]), int(xb.shape[0]),
+                          int(ea.shape[0]), k, m, p, int(np.count_nonzero(um.kept & um.confident())))

@@ -29,8 +29,11 @@ from modeltrace.weights.align import (
     Projector,
     ResidualAlignment,
     UnitMatch,
+    WidthAlignment,
     align_residual,
+    align_widths,
     match_units,
+    procrustes,
     sample_units,
     screen_residual,
     unit_rows,
@@ -45,13 +48,14 @@ if TYPE_CHECKING:
 
 SCREEN_TOKENS = 1024  # shared tokens read to screen the residual stream (identity? rotation possible?)
 EMBED_SAMPLE = 8192  # shared tokens used to fit a rotation (at least twice the width)
+MATCHED = "B's embeddings match A's"
 
 
 def _fast_rows(src: TensorSource, name: str) -> bool:
     """Whether `src.read_rows` reads only the rows asked for (the base class reads the whole tensor)."""
     inner = src
     if isinstance(src, CompositeSource):
-        inner = src._lookup(name)[0]
+        inner = src.reader_of(name)[0]
     return type(inner).read_rows is not TensorSource.read_rows
 
 
@@ -66,7 +70,7 @@ def gather_rows(matching: Matching, side: str, piece: Piece, idx: np.ndarray) ->
     out = []
     for run in np.split(idx, breaks):
         block = src.read_rows(piece.name, int(run[0]), int(run[-1]) + 1)
-        out.append(block.reshape(block.shape[0], -1))
+        out.append(matching.finite(side, piece.name, block.reshape(block.shape[0], -1)))
     return np.concatenate(out)
 
 
@@ -82,6 +86,8 @@ class WeightAnalysis:
     cols: int = PROJECT_DIM
     _vocab: VocabAlignment | None = None
     _residual: ResidualAlignment | None = None
+    _widths: WidthAlignment | None = None
+    _widths_done: bool = False
     _units: dict[tuple[str, str, int], dict[str, np.ndarray]] = field(default_factory=dict)
     _samples: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     _nunits: dict[tuple[str, str, int], int] = field(default_factory=dict)
@@ -89,6 +95,7 @@ class WeightAnalysis:
     _matches: dict[tuple[str, int, int, str, int | None], UnitMatch] = field(default_factory=dict)
     _proj: dict[int, Projector] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
+    gated: bool = True  # believe a residual rotation only when it fits well (see `align_residual`)
 
     # --- vocabulary and residual stream ---------------------------------------------------
     def embed_pieces(self) -> tuple[Piece, Piece, str] | None:
@@ -96,7 +103,42 @@ class WeightAnalysis:
             for p in self.matching.pairs:
                 if p.kind == kind and p.param == "weight" and len(p.shape) == 2:
                     return Piece(p.a, p.a_rows, p.a_transpose), Piece(p.b, p.b_rows, p.b_transpose), p.component
+        # not paired: of different widths (a width-pruned model); each side's own embedding by role
+        for kind in ("token_embed", "lm_head"):
+            for key, pa in self.matching.view_a.items():
+                if key[2] == kind and key[3] == "weight" and key[1] is None:
+                    pb = self.matching.view_b.get(key)
+                    if pb is not None:
+                        return pa, pb, key[0]
         return None
+
+    def _embed_widths(self) -> tuple[int, int] | None:
+        pieces = self.embed_pieces()
+        if pieces is None:
+            return None
+        wa_, wb_ = (self._piece_shape(s, p) for s, p in (("a", pieces[0]), ("b", pieces[1])))
+        if len(wa_) != 2 or len(wb_) != 2:
+            return None
+        return int(wa_[1]), int(wb_[1])
+
+    def _piece_shape(self, side: str, piece: Piece) -> tuple[int, ...]:
+        src = self.matching.a_source if side == "a" else self.matching.b_source
+        shape = tuple(src.info(piece.name).shape)
+        return tuple(reversed(shape)) if piece.transpose and len(shape) == 2 else shape
+
+    def widths(self) -> WidthAlignment | None:
+        """Residual dimensions paired across models of different widths (None for equal widths)."""
+        if not self._widths_done:
+            self._widths_done = True
+            w = self._embed_widths()
+            pieces, voc = self.embed_pieces(), self.vocab()
+            if w is not None and w[0] != w[1] and pieces is not None and voc is not None and len(voc.rows_a) >= 2:
+                rng = np.random.default_rng([self.seed, 13])
+                k = len(voc.rows_a)
+                pick = rng.permutation(k)[:max(EMBED_SAMPLE, 4 * max(w))]
+                ea, eb = self._embed_rows(pieces, voc, pick)
+                self._widths = align_widths(ea, eb, self.seed)
+        return self._widths
 
     def vocab(self) -> VocabAlignment | None:
         if self._vocab is None:
@@ -117,15 +159,23 @@ class WeightAnalysis:
             if pieces is None or voc is None or len(voc.rows_a) == 0:
                 self._residual = align_residual(None, None)
                 return self._residual
+            w = self._embed_widths()
+            if w is not None and w[0] != w[1]:
+                self._residual = ResidualAlignment(
+                    "unavailable", None, float("nan"), float("nan"), 0,
+                    f"residual widths differ (A {w[0]}, B {w[1]}): dimensions paired through embedding columns")
+                return self._residual
             # a small sample screens (identity? no rotation possible?); only a rotation-like pair reads more
             k = len(voc.rows_a)
             rng = np.random.default_rng([self.seed, 11])
             order = rng.permutation(k)
             ea, eb = self._embed_rows(pieces, voc, order[:SCREEN_TOKENS])
+            if not self.gated:
+                self._residual = self._ungated(pieces, voc, order, ea, eb)
+                return self._residual
             verdict, fit_i, gram = screen_residual(ea, eb)
             if verdict == "match":
-                self._residual = ResidualAlignment("identity", None, fit_i, float("nan"), len(ea),
-                                                   "B's embeddings match A's")
+                self._residual = ResidualAlignment("identity", None, fit_i, float("nan"), len(ea), MATCHED)
             elif verdict == "differ":
                 self._residual = ResidualAlignment(
                     "identity", None, fit_i, float("nan"), len(ea),
@@ -134,6 +184,31 @@ class WeightAnalysis:
                 ea, eb = self._embed_rows(pieces, voc, order[:max(EMBED_SAMPLE, 2 * ea.shape[1])])
                 self._residual = align_residual(ea, eb)
         return self._residual
+
+    def _ungated(self, pieces: tuple[Piece, Piece, str], voc: VocabAlignment, order: np.ndarray,
+                 ea: np.ndarray, eb: np.ndarray) -> ResidualAlignment:
+        """The Procrustes rotation whenever it fits better than the identity, however loosely.
+
+        For a test whose null is exact under any alignment that does not depend on B's unit labels
+        (weight-identity: R is a function of the embeddings alone), a loose fit costs nothing in
+        validity, and it is what lets a rotated copy with heavy noise still be aligned.
+        """
+        nb = float(np.linalg.norm(eb)) or 1.0
+        fit_i = float(np.linalg.norm(ea - eb)) / nb
+        if fit_i < 1e-6:
+            return ResidualAlignment("identity", None, fit_i, float("nan"), len(ea), "B's embeddings equal A's")
+        ea, eb = self._embed_rows(pieces, voc, order[:max(EMBED_SAMPLE, 2 * ea.shape[1])])
+        if ea.shape[0] < ea.shape[1]:
+            return ResidualAlignment("unavailable", None, fit_i, float("nan"), ea.shape[0],
+                                     f"{ea.shape[0]} shared tokens cannot fix a {ea.shape[1]}-dimensional rotation")
+        fit_i = float(np.linalg.norm(ea - eb)) / (float(np.linalg.norm(eb)) or 1.0)
+        r = procrustes(ea, eb)
+        fit_r = float(np.linalg.norm(ea @ r - eb)) / (float(np.linalg.norm(eb)) or 1.0)
+        if fit_r >= fit_i:
+            return ResidualAlignment("identity", None, fit_i, fit_r, ea.shape[0])
+        is_perm = bool(np.all(np.max(np.abs(r), axis=1) > 0.9))
+        return ResidualAlignment("permute" if is_perm else "rotate", r, fit_i, fit_r, ea.shape[0],
+                                 "ungated: used whatever its fit")
 
     def _embed_rows(self, pieces: tuple[Piece, Piece, str], voc: VocabAlignment,
                     pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +273,9 @@ class WeightAnalysis:
 
     def comparable(self, component: str, i: int, j: int, view: str = "in") -> bool:
         wa, wb = self.row_width("a", component, i, view), self.row_width("b", component, j, view)
+        if wa is not None and wa != wb and wb is not None and component == self._embed_component():
+            w = self.widths()  # rows over residual streams of different widths: compared over the paired dims
+            return w is not None and (wa, wb) == (w.d_a, w.d_b) and len(w.sel_a) >= 2
         return wa is not None and wa == wb
 
     def units(self, side: str, component: str, layer: int) -> dict[str, np.ndarray]:
@@ -225,12 +303,23 @@ class WeightAnalysis:
                     rows = rows[self.sample(component, layer, n)]
             if view == "in":
                 self._nunits[key] = n
+            g_full = gain
+            widths = self.widths() if component == self._embed_component() else None
+            if widths is not None and dim == (widths.d_a if side == "a" else widths.d_b):
+                # different widths: keep the paired residual dimensions, in pair order on both sides
+                sel = widths.sel_a if side == "a" else widths.sel_b
+                rows = rows[:, sel]
+                dim = len(sel)
+                if g_full is not None and g_full.shape == ((widths.d_a if side == "a" else widths.d_b),):
+                    g_full = g_full[sel]
+            gain_used = g_full
             # gain folding, residual alignment and coordinate sampling: rows @ diag(g) R^T [:, cols]
             cols = self.projector(dim).cols
             mat: np.ndarray | None = None
             if side == "b" and residual is not None and residual.r is not None and dim == residual.r.shape[0]:
                 mat = residual.r.T if cols is None else residual.r.T[:, cols]
-            g = gain.astype(np.float32) if view != "out" and gain is not None and gain.shape == (dim,) else None
+            g = gain_used.astype(np.float32) if view != "out" and gain_used is not None \
+                and gain_used.shape == (dim,) else None
             if mat is not None:
                 out = rows @ (mat if g is None else g[:, None] * mat)
             else:
@@ -313,19 +402,32 @@ class WeightAnalysis:
         return out
 
 
-def analysis_for(ctx: CompareContext) -> WeightAnalysis:
-    """The shared analysis of `ctx` (built on first use), with the matching's findings recorded in ctx."""
-    wa = ctx.shared.get("weights")
+def analysis_for(ctx: CompareContext, *, gated: bool = True) -> WeightAnalysis:
+    """The shared analysis of `ctx` (built on first use), with the matching's findings recorded in ctx.
+
+    `gated=False` gives a second analysis on the same matching whose residual alignment is used
+    however loosely it fits (for tests whose null holds under any label-free alignment).
+    """
+    key = "weights" if gated else "weights_ungated"
+    wa = ctx.shared.get(key)
     if isinstance(wa, WeightAnalysis):
         return wa
     matching = ctx.shared.get("matching")
     if not isinstance(matching, Matching):
-        matching = match_models(ctx.a, ctx.b)
+        matching = match_models(ctx.a, ctx.b, exclude_a=frozenset(ctx.shared.get("exclude_a", frozenset())),
+                                exclude_b=frozenset(ctx.shared.get("exclude_b", frozenset())))
         ctx.shared["matching"] = matching
     rows = int(ctx.options.get("weight_rows", DEFAULT_ROWS))
     cols = int(ctx.options.get("weight_cols", PROJECT_DIM))
-    wa = WeightAnalysis(matching=matching, seed=ctx.seed, model_a=ctx.a, model_b=ctx.b, rows=rows, cols=cols)
-    ctx.shared["weights"] = wa
+    wa = WeightAnalysis(matching=matching, seed=ctx.seed, model_a=ctx.a, model_b=ctx.b, rows=rows, cols=cols,
+                        gated=gated)
+    ctx.shared[key] = wa
+    other = ctx.shared.get("weights_ungated" if gated else "weights")
+    if isinstance(other, WeightAnalysis):
+        wa._vocab = other._vocab
+        res = other._residual
+        if res is not None and (res.kind != "identity" or res.reason == MATCHED):
+            wa._residual = res  # only a fit the gate turned down is worth fitting again without it
     ctx.rename_map.update(matching.rename_map)
     kinds = {t.kind for t in ctx.transforms}
     ctx.transforms.extend(t for t in matching.transforms if t.kind not in kinds)
@@ -334,9 +436,9 @@ def analysis_for(ctx: CompareContext) -> WeightAnalysis:
 
 def record_layer_map(ctx: CompareContext, wa: WeightAnalysis) -> list[dict[str, Any]]:
     """Put the layer correspondence of every component into ctx.layer_map (once)."""
-    if "layer_map" in wa.reported:
+    if ctx.shared.get("layer_map_recorded"):
         return ctx.layer_map
-    wa.reported.add("layer_map")
+    ctx.shared["layer_map_recorded"] = True
     for comp in wa.components():
         ctx.layer_map.extend(wa.layer_map(comp).entries(comp))
     return ctx.layer_map

@@ -2,8 +2,9 @@
 
 `match_models(a, b)` (or `match_sources` on two tensor sources) returns a `Matching`: a list of
 `TensorPair`s, each saying which piece of A corresponds to which piece of B and how to bring B's
-piece into A's layout. It reads metadata only (names, shapes); no tensor data is touched, so the
-matching itself can never be fooled by the statistical traps (norm gains near 1, shared buffers).
+piece into A's layout. Stages 1-3 and 5 read metadata only (names, shapes), so they can never be
+fooled by the statistical traps (norm gains near 1, shared buffers); stage 4 reads content only for
+the tensors the names did not explain.
 
 Stages, each over the tensors still unpaired:
 
@@ -11,7 +12,14 @@ Stages, each over the tensors still unpaired:
 2. renamed prefixes (``vpm.`` -> ``vison.``): suffix votes propose prefix maps, the best-supported win;
 3. canonical roles (`modeltrace.roles`): same component, layer, kind and parameter; fused
    projections are split by rows (A's q, k, v <-> B's fused qkv, gate and up <-> gate_up, and back);
-4. structure: tensors of the same shape (up to a transpose) paired in layer/graph order, when both
+4. content, for what the names left unexplained (`modeltrace.weights.content`): signatures that
+   survive unit permutation, transposition and noise (the Gram matrix of the residual axis, the
+   sorted spectrum, norm-gain values); B's fused tensors split by the row sizes of A's fused
+   families; one assignment per shape, with its margin reported as how sure the pairing is; B's
+   block numbers from its names, so the layer order comes from the pairing. This stage reads
+   tensor data, and only through quantities invariant to relabelling B's units (why the exact
+   unit tests stay exact is in that module's docstring);
+5. structure: tensors of the same shape (up to a transpose) paired in layer/graph order, when both
    sides have the same number of them.
 
 Orientation. Every 2-D weight is brought to torch.nn.Linear's (out, in) layout: A's when its
@@ -29,7 +37,7 @@ API used by the evidence and diagnosis methods::
         p.shape                                   # the piece's shape, in A's (out, in) layout
         p.a_rows, p.b_rows                        # (start, stop) row ranges when a side is fused, else None
         p.a_transpose, p.b_transpose              # whether the stored tensor is transposed on reading
-        p.how                                     # "name" | "prefix" | "role" | "fused" | "structure"
+        p.how                                     # "name" | "prefix" | "role" | "fused" | "content" | "structure"
     m.read_a(p), m.read_b(p)                      # float32 arrays, same shape, B in A's layout
                                                   # (a transposed tensor comes back as a view)
     m.piece("a" | "b", kind, layer, component)    # each side's own tensor for a role (Piece), paired or not
@@ -118,28 +126,41 @@ class Matching:
     hidden_size: int | None = None
     view_a: dict[ViewKey, Piece] = field(default_factory=dict)
     view_b: dict[ViewKey, Piece] = field(default_factory=dict)
+    # side ("a"/"b") -> tensor -> non-finite values zeroed on reading (the most seen in one read); filled
+    # as tensors are read, so a report holding this dict shows every value the weight analysis zeroed
+    nonfinite: dict[str, dict[str, int]] = field(default_factory=lambda: {"a": {}, "b": {}}, compare=False)
 
-    @staticmethod
-    def _take(arr: np.ndarray, transpose: bool, rows: Rows) -> np.ndarray:
-        """Orient and slice; a transposed tensor comes back as a (non-contiguous) view, not a copy."""
+    def finite(self, side: str, name: str, arr: np.ndarray) -> np.ndarray:
+        """`arr` with NaN and +-Inf replaced by 0, the count recorded: one corrupt value must not stop
+        every weight method (SVDs and Procrustes fits fail on it) nor hide a copy."""
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if not bad:
+            return arr
+        seen = self.nonfinite.setdefault(side, {})
+        seen[name] = max(bad, seen.get(name, 0))
+        out: np.ndarray = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
+    def _take(self, side: str, name: str, transpose: bool, rows: Rows) -> np.ndarray:
+        """Read, orient and slice; a transposed tensor comes back as a (non-contiguous) view, not a copy."""
+        arr = (self.a_source if side == "a" else self.b_source).read(name)
         if transpose and arr.ndim == 2:
             arr = arr.T
         if rows is not None:
             arr = arr[rows[0]:rows[1]]
-        return arr.astype(np.float32, copy=False)
+        return self.finite(side, name, arr.astype(np.float32, copy=False))
 
     def read_a(self, p: TensorPair) -> np.ndarray:
-        """A's piece as float32, in (out, in) layout."""
-        return self._take(self.a_source.read(p.a), p.a_transpose, p.a_rows)
+        """A's piece as float32, in (out, in) layout (non-finite values zeroed and counted)."""
+        return self._take("a", p.a, p.a_transpose, p.a_rows)
 
     def read_b(self, p: TensorPair) -> np.ndarray:
         """B's piece as float32, in A's layout (same shape as `read_a(p)`)."""
-        return self._take(self.b_source.read(p.b), p.b_transpose, p.b_rows)
+        return self._take("b", p.b, p.b_transpose, p.b_rows)
 
     def read_piece(self, side: str, piece: Piece) -> np.ndarray:
         """A piece of one side ("a" or "b") as float32 in (out, in) layout."""
-        src = self.a_source if side == "a" else self.b_source
-        return self._take(src.read(piece.name), piece.transpose, piece.rows)
+        return self._take(side, piece.name, piece.transpose, piece.rows)
 
     def piece(self, side: str, kind: str, layer: int | None, component: str = "language_model",
               param: str = "weight") -> Piece | None:
@@ -166,8 +187,10 @@ class Matching:
 
     def summary(self) -> dict[str, object]:
         hows = Counter(p.how for p in self.pairs)
-        return {"pairs": len(self.pairs), "by": dict(hows), "unmatched_a": len(self.unmatched_a),
-                "unmatched_b": len(self.unmatched_b), "prefix_map": self.prefix_map}
+        out: dict[str, object] = {"pairs": len(self.pairs), "by": dict(hows), "unmatched_a": len(self.unmatched_a),
+                                  "unmatched_b": len(self.unmatched_b), "prefix_map": self.prefix_map}
+        out["nonfinite_zeroed"] = self.nonfinite  # the live counts (see `finite`)
+        return out
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -178,6 +201,10 @@ def _natural(name: str) -> tuple[object, ...]:
 
 def _canon_shape(shape: tuple[int, ...], transposed: bool) -> tuple[int, ...]:
     return tuple(reversed(shape)) if transposed and len(shape) == 2 else tuple(shape)
+
+
+def _piece_name(name: str, rows: Rows) -> str:
+    return name if rows is None else f"{name}[{rows[0]}:{rows[1]}]"
 
 
 def _usable(info: TensorInfo) -> bool:
@@ -202,12 +229,17 @@ class _Side:
 
 
 class _Builder:
-    def __init__(self, sa: TensorSource, sb: TensorSource) -> None:
-        ia = {n: i for n, i in sa.infos().items() if _usable(i)}
-        ib = {n: i for n, i in sb.infos().items() if _usable(i)}
+    def __init__(self, sa: TensorSource, sb: TensorSource, exclude_a: frozenset[str] = frozenset(),
+                 exclude_b: frozenset[str] = frozenset()) -> None:
+        ia = {n: i for n, i in sa.infos().items() if _usable(i) and n not in exclude_a}
+        ib = {n: i for n, i in sb.infos().items() if _usable(i) and n not in exclude_b}
         self.A = _Side(ia, assign_roles(ia), dict.fromkeys(ia))
         self.B = _Side(ib, assign_roles(ib), dict.fromkeys(ib))
+        self.sa, self.sb = sa, sb
         self.pairs: list[TensorPair] = []
+        self.b_layer: dict[str, int] = {}  # B's own block number for content pairs (from its names)
+        self.content_extra: dict[ViewKey, Piece] = {}  # B tensors matched by content beyond one-to-one
+        self.content_notes: dict[str, object] = {}
         self.square_votes: Counter[bool] = Counter()
         self.pending_square: list[tuple[str, str, str]] = []
 
@@ -348,7 +380,253 @@ class _Builder:
                 fused_notes.append(f"{'A' if a_is_fused else 'B'}:{n}")
         return fused_notes
 
-    # stage 4
+
+    # stage 4: content
+    def by_content(self) -> None:
+        """Pair what names left unexplained by content signatures (see `modeltrace.weights.content`).
+
+        Runs over the tensors still unpaired on both sides: A's (whose roles are usually known)
+        against B's whole tensors, or B's fused tensors split into row blocks sized like A's fused
+        families (q|k|v, gate|up), in either orientation. Matrices first (one assignment per shape),
+        then the 1-D tensors, with a bonus for landing in the B block that holds the A layer's matrices.
+        """
+        from modeltrace.weights import content as ct
+
+        fa = [n for n in self.A.free if len(self.A.infos[n].shape) >= 1]
+        fb = [n for n in self.B.free if len(self.B.infos[n].shape) >= 1]
+        if not fa or not fb:
+            return
+
+        def unknown(side: _Side, n: str) -> bool:
+            r = side.roles.get(n)
+            return r is None or r.kind == "other"
+
+        if not any(unknown(self.A, n) for n in fa) and not any(unknown(self.B, n) for n in fb):
+            return  # the names explain both sides; what is left differs in shape (a pruned model), not in name
+        hidden = self._hidden()
+        b_layer = ct.first_varying_int(list(self.B.infos))
+
+        def a_axis(n: str) -> int:
+            r = self.A.role(n)
+            shape = self.A.canon(n)
+            if len(shape) > 2:
+                return 1
+            if r is not None and r.kind in ("attn_o", "mlp_down"):
+                return 0
+            if r is not None and r.kind != "other":
+                return 1
+            return 0 if (hidden is not None and shape[0] == hidden and shape[1] != hidden) else 1
+
+        def read_a(n: str) -> np.ndarray:
+            x = self.sa.read(n)
+            return x.T if self.A.a_t(n) and x.ndim == 2 else x
+
+        sig_a: dict[str, ct.Signature] = {}
+        for n in fa:
+            x = read_a(n)
+            sig_a[n] = (ct.matrix_signature(x, a_axis(n)) if x.ndim >= 2
+                        else ct.vector_signature(x, hidden is not None and x.shape[0] == hidden))
+        a_shapes = {sig_a[n].shape for n in fa}
+        # B candidates: (name, rows, transpose) with a signature per residual axis asked for
+        cands: list[tuple[str, Rows, bool]] = []
+        splits = self._fused_splits(fa)
+        for n in fb:
+            shape = self.B.infos[n].shape
+            if len(shape) == 1:
+                cands.append((n, None, False))
+                continue
+            if len(shape) > 2:  # conv kernels and the like: whole, as stored
+                if tuple(shape) in a_shapes:
+                    cands.append((n, None, False))
+                continue
+            whole = [t for t in (False, True) if _canon_shape(shape, t) in a_shapes]
+            cands.extend((n, None, t) for t in dict.fromkeys(whole))
+            if shape[0] == shape[1]:
+                continue
+            for t in (False, True):
+                r, c = _canon_shape(shape, t)
+                for sizes in splits.get((r, c), ()):
+                    start = 0
+                    for size in sizes:
+                        cands.append((n, (start, start + size), t))
+                        start += size
+                    break  # the first split that fits; the pieces' scores decide their partners
+        cache: dict[str, np.ndarray] = {}
+
+        def read_b(n: str, rows: Rows, t: bool) -> np.ndarray:
+            if n not in cache:
+                cache.clear()
+                cache[n] = self.sb.read(n)
+            x = cache[n]
+            if t and x.ndim == 2:
+                x = x.T
+            return x[rows[0]:rows[1]] if rows is not None else x
+
+        sig_b: dict[tuple[int, int], ct.Signature] = {}  # (candidate, residual axis) -> signature
+        axes_needed = {(sig_a[n].shape, a_axis(n)) for n in fa if len(sig_a[n].shape) >= 2}
+        for k, (n, rows, t) in enumerate(cands):
+            x = read_b(n, rows, t)
+            if x.ndim == 1:
+                sig_b[(k, 0)] = ct.vector_signature(x, hidden is not None and x.shape[0] == hidden)
+                continue
+            for shape, ax in axes_needed:
+                if shape == x.shape:
+                    sig_b[(k, ax)] = ct.matrix_signature(x, ax)
+        cache.clear()
+        # a B tensor that could be whole or fused (a vocabulary-sized gate|up) keeps the better reading
+        mats_a = [n for n in fa if len(sig_a[n].shape) >= 2]
+
+        def best_score(k: int) -> float:
+            return max((ct.score(sig_a[n], sb_) for n in mats_a
+                        if (sb_ := sig_b.get((k, a_axis(n)))) is not None), default=-1.0)
+
+        dropped: set[int] = set()
+        by_name: dict[str, list[int]] = defaultdict(list)
+        for k, (n, _, _) in enumerate(cands):
+            by_name[n].append(k)
+        for n, ks in by_name.items():
+            whole_k = [k for k in ks if cands[k][1] is None]
+            split_k = [k for k in ks if cands[k][1] is not None]
+            if whole_k and split_k and len(self.B.infos[n].shape) == 2:
+                w = max(best_score(k) for k in whole_k)
+                sp = float(np.mean([best_score(k) for k in split_k]))
+                dropped.update(split_k if w >= sp else whole_k)
+        votes: Counter[bool] = Counter()
+        made: list[tuple[str, int, float, float]] = []
+        taken: set[int] = set()
+        whole_used: set[str] = set()
+
+        def piece_shape(k: int) -> tuple[int, ...]:
+            n, rows, t = cands[k]
+            c = _canon_shape(self.B.infos[n].shape, t)
+            return c if rows is None else (rows[1] - rows[0],) + c[1:]
+
+        def sq_mlp(n: str) -> bool:
+            r, shape = self.A.role(n), sig_a[n].shape
+            return len(shape) == 2 and shape[0] == shape[1] and r is not None and r.kind.startswith("mlp")
+
+        mats = [n for n in fa if len(sig_a[n].shape) >= 2]
+        # square MLP matrices last: their orientation is the vote of the non-square pairs
+        groups = sorted({(sq_mlp(n), sig_a[n].shape) for n in mats})
+        for sq, shape in groups:
+            flip = votes[True] > votes[False]
+            for _ in range(3):  # again when the two orientations of one square tensor both won
+                la = [n for n in mats if sig_a[n].shape == shape and sq_mlp(n) == sq and n in self.A.free]
+                lb = [k for k in range(len(cands)) if k not in taken and k not in dropped
+                      and len(self.B.infos[cands[k][0]].shape) >= 2
+                      and piece_shape(k) == shape and cands[k][0] not in whole_used]
+                if not la or not lb:
+                    break
+                mat = np.full((len(la), len(lb)), -1.0)
+                for i, n in enumerate(la):
+                    for j, k in enumerate(lb):
+                        if sq and cands[k][2] != (self.A.a_t(n) ^ flip):
+                            continue
+                        sb_ = sig_b.get((k, a_axis(n)))
+                        if sb_ is not None:
+                            mat[i, j] = ct.score(sig_a[n], sb_)
+                clash = False
+                for i, j, sc, margin in ct.assign(mat):
+                    k = lb[j]
+                    n_b, rows, t = cands[k]
+                    if rows is None and n_b in whole_used:
+                        clash = True
+                        continue
+                    a = la[i]
+                    self._add(a, n_b, "content", b_rows=rows, b_t=t)
+                    taken.add(k)
+                    if rows is None:
+                        whole_used.add(n_b)
+                    if len(shape) == 2 and shape[0] != shape[1]:
+                        votes[t != self.A.a_t(a)] += 1
+                    made.append((a, k, sc, margin))
+                if not clash:
+                    break
+            # what is left of B in this shape (a repeated block): its best A partner's role
+            la_all = [n for n in mats if sig_a[n].shape == shape and sq_mlp(n) == sq]
+            for k in range(len(cands)):
+                n_b, rows, t = cands[k]
+                if k in taken or k in dropped or n_b in whole_used or n_b not in b_layer or len(self.B.infos[n_b].shape) < 2 \
+                        or piece_shape(k) != shape or (rows is None and n_b not in self.B.free):
+                    continue
+                best = max(((ct.score(sig_a[n], sb_), n) for n in la_all
+                            if (sb_ := sig_b.get((k, a_axis(n)))) is not None), default=None)
+                if best is not None and best[0] >= ct.MIN_SCORE and (ra := self.A.role(best[1])) is not None:
+                    self.content_extra.setdefault((ra.component, b_layer[n_b], ra.kind, ra.param),
+                                                  Piece(n_b, rows, t))
+        # B block -> A layer, by the majority of the matrices paired
+        block: dict[int, Counter[int]] = defaultdict(Counter)
+        for a, k, _, _ in made:
+            ra, n_b = self.A.role(a), cands[k][0]
+            if ra is not None and ra.layer is not None and n_b in b_layer:
+                block[b_layer[n_b]][ra.layer] += 1
+        b_to_a = {j: c.most_common(1)[0][0] for j, c in block.items()}
+        # vectors: value (or sorted value) signatures, plus a bonus for the block that holds the layer
+        vecs = [n for n in fa if len(sig_a[n].shape) == 1 and n in self.A.free]
+        for length in sorted({sig_a[n].shape for n in vecs}):
+            la = [n for n in vecs if sig_a[n].shape == length]
+            lb = [k for k, (n, _, _) in enumerate(cands) if n in self.B.free and tuple(self.B.infos[n].shape) == length]
+            if not la or not lb:
+                continue
+            mat = np.full((len(la), len(lb)), -1.0)
+            for i, n in enumerate(la):
+                ra = self.A.role(n)
+                for j, k in enumerate(lb):
+                    sb_ = sig_b.get((k, 0))
+                    s = ct.score(sig_a[n], sb_) if sb_ is not None else -1.0
+                    if s < 0 and sig_a[n].flat and sb_ is not None and sb_.flat:
+                        s = 0.0  # two untrained gains: only their place can tell
+                    j_block = b_layer.get(cands[k][0])
+                    a_layer = ra.layer if ra is not None else None
+                    if (j_block is not None and b_to_a.get(j_block) == a_layer and a_layer is not None) or \
+                            (j_block is None and a_layer is None):
+                        s += 0.5
+                    mat[i, j] = s
+            for i, j, s, margin in ct.assign(mat):
+                k = lb[j]
+                self._add(la[i], cands[k][0], "content", b_t=False)
+                made.append((la[i], k, s, margin))
+        for a, k, _, _ in made:
+            n_b = cands[k][0]
+            if n_b in b_layer:
+                self.b_layer[n_b] = b_layer[n_b]
+        if made:
+            margins = [m[3] for m in made]
+            self.content_notes = {
+                "pairs": len(made), "min_score": round(min(m[2] for m in made), 4),
+                "min_margin": round(min(margins), 4), "uncertain": sum(1 for x in margins if x < 0.05),
+                "block_map": {str(j): i for j, i in sorted(b_to_a.items())},
+                "examples": {a: _piece_name(cands[k][0], cands[k][1]) for a, k, _, _ in made[:10]}}
+
+    def _hidden(self) -> int | None:
+        for n, r in self.A.roles.items():
+            if r.kind == "token_embed" and len(self.A.infos[n].shape) == 2:
+                return int(self.A.canon(n)[1])
+        dims: Counter[int] = Counter(d for i in self.A.infos.values() if len(i.shape) == 2 for d in i.shape)
+        return dims.most_common(1)[0][0] if dims else None
+
+    def _fused_splits(self, free_a: list[str]) -> dict[tuple[int, int], list[tuple[int, ...]]]:
+        """(rows, cols) of a fused tensor -> row-block sizes, from A's unpaired fused families (q|k|v, gate|up)."""
+        out: dict[tuple[int, int], list[tuple[int, ...]]] = defaultdict(list)
+        by_role = {(r.component, r.layer, r.kind, r.param): n for n in free_a
+                   if (r := self.A.role(n)) is not None and len(self.A.infos[n].shape) == 2}
+        for (comp, layer, kind, param), _ in list(by_role.items()):
+            for parts in FUSED.values():
+                if kind != parts[0]:
+                    continue
+                names = [by_role.get((comp, layer, p, param)) for p in parts]
+                if any(x is None for x in names):
+                    continue
+                shapes = [self.A.canon(x) for x in names if x is not None]
+                if len({s[1] for s in shapes}) != 1:
+                    continue
+                sizes = tuple(s[0] for s in shapes)
+                key = (sum(sizes), shapes[0][1])
+                if sizes not in out[key]:
+                    out[key].append(sizes)
+        return out
+
+    # stage 5
     def by_structure(self) -> None:
         def order(side: _Side, name: str, pos: int) -> tuple[object, ...]:
             r = side.roles.get(name)
@@ -389,7 +667,11 @@ class _Builder:
             layer_b = rb.layer if rb is not None and rb.kind not in FUSED and p.how != "structure" else p.layer
             if rb is not None and rb.kind in FUSED:
                 layer_b = rb.layer
+            if p.how == "content":
+                layer_b = self.b_layer.get(p.b, p.layer) if p.layer is not None else None
             vb.setdefault((p.component, layer_b, p.kind, p.param), Piece(p.b, p.b_rows, p.b_transpose))
+        for key, piece in self.content_extra.items():
+            vb.setdefault(key, piece)
         for side, view in ((self.A, va), (self.B, vb)):
             for n in side.free:
                 r = side.roles.get(n)
@@ -404,24 +686,35 @@ class _Builder:
         self.pending_square = []
 
 
-def match_sources(sa: TensorSource, sb: TensorSource) -> Matching:
-    """Pair A's tensors with B's using metadata only (see the module docstring for the stages)."""
-    bld = _Builder(sa, sb)
+def match_sources(sa: TensorSource, sb: TensorSource, *, exclude_a: frozenset[str] = frozenset(),
+                  exclude_b: frozenset[str] = frozenset()) -> Matching:
+    """Pair A's tensors with B's (see the module docstring for the stages).
+
+    Tensors named in `exclude_a` / `exclude_b` are never paired (fixed, non-learned buffers such as
+    STFT bases or sinusoidal position tables, which agree in unrelated models); they are not listed
+    as unmatched either.
+    """
+    bld = _Builder(sa, sb, frozenset(exclude_a), frozenset(exclude_b))
     bld.by_name()
     prefix_map = bld.by_prefix()
     fused = bld.by_role()
+    bld.by_content()
     bld.by_structure()
     bld.settle_squares()
     pairs = sorted(bld.pairs, key=lambda p: (p.component, p.layer if p.layer is not None else -1,
                                              KIND_ORDER.get(p.kind, 99), _natural(p.a), p.a_rows or (0, 0)))
     rename_map = {p.a: p.b for p in pairs if p.a != p.b}
     transforms: list[Transform] = []
+    content = [p for p in pairs if p.how == "content"]
+    fused.extend(sorted({f"B:{p.b}" for p in content if p.b_rows is not None}))
     if rename_map:
         transforms.append(Transform("rename", f"{len(rename_map)} tensor name(s) differ"
                                     + (f"; prefixes {', '.join(f'{k!r}->{v!r}' for k, v in prefix_map.items())}"
-                                       if prefix_map else ""),
+                                       if prefix_map else "")
+                                    + (f"; {len(content)} piece(s) paired by content" if content else ""),
                                     {"renamed": len(rename_map), "prefix_map": prefix_map,
-                                     "by": dict(Counter(p.how for p in pairs if p.a != p.b))}))
+                                     "by": dict(Counter(p.how for p in pairs if p.a != p.b)),
+                                     **({"content": bld.content_notes} if content else {})}))
     flipped = [p for p in pairs if p.a_transpose != p.b_transpose and len(p.shape) == 2]
     if flipped:
         transforms.append(Transform("transpose", f"{len(flipped)} matrix(es) stored transposed in B relative to A",
@@ -439,6 +732,7 @@ def match_sources(sa: TensorSource, sb: TensorSource) -> Matching:
                     transforms=tuple(transforms), hidden_size=hidden, view_a=view_a, view_b=view_b)
 
 
-def match_models(a: Model, b: Model) -> Matching:
-    """Pair the tensors of two opened models (metadata only; see `match_sources`)."""
-    return match_sources(a.source, b.source)
+def match_models(a: Model, b: Model, *, exclude_a: frozenset[str] = frozenset(),
+                 exclude_b: frozenset[str] = frozenset()) -> Matching:
+    """Pair the tensors of two opened models (see `match_sources`; excluded names are never paired)."""
+    return match_sources(a.source, b.source, exclude_a=exclude_a, exclude_b=exclude_b)

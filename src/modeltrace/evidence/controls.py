@@ -1,0 +1,469 @@
+"""Positive controls: the weight tests re-run on synthetic derivations of A, to say what they would catch.
+
+A test that fails to reject proves nothing by itself: it may simply be unable to see the derivation
+at hand. So before `independent` is said, each weight test that ran is run again, with the same
+options, seed and threshold, on copies of A made in memory by what a copier can do:
+
+- ``permute``: MLP units (and attention heads, when the config gives the head count) relabelled;
+- ``rotate``: the residual stream turned by a random orthogonal matrix, norm gains folded into the
+  next projections (function-preserving for RMSNorm models);
+- ``noise``: Gaussian noise of a ladder of sizes, as a fraction of each tensor's standard deviation;
+- ``rotate+noise``: both;
+- ``finetune``: a rank-8 update of each matrix (0.2 of its spread) plus noise of 0.05, standing in
+  for a fine-tune;
+- ``drop-layer`` and ``duplicate-layer``: a middle block removed, or repeated after the last.
+
+Controls run on a few layers of A's main component (`CONTROL_LAYERS`) plus everything outside
+layers (embeddings, head), so they cost a fraction of the comparison. With fewer layers a test has
+less to combine, so a control detected on the subset would be detected on the whole model too:
+the detection limit reported is conservative. The ladders stop at the first strength that is not
+detected ("nothing larger was tried"). Which kinds are in scope depends on the model: a rotation
+needs a residual stream (a token embedding), layer edits need at least two layers.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modeltrace.evidence.base import CompareContext, ControlOutcome, Evidence, EvidenceMethod
+from modeltrace.formats.base import TensorInfo, TensorSource
+from modeltrace.model import Model
+from modeltrace.roles import Role, assign_roles
+
+CONTROL_LAYERS = 3  # layers of A's main component kept in a control copy
+NOISE_LADDER = (0.1, 0.3, 1.0)
+ROTATE_NOISE_LADDER = (0.05, 0.2, 0.5)
+# `independent` needs these detected: noise of 0.3 of each tensor's spread, and 0.2 after a rotation
+# (a copier who adds more has a different model in most coordinates, and says so in its loss)
+REQUIRED_NOISE = 0.3
+REQUIRED_ROTATE_NOISE = 0.2
+FINETUNE_RANK = 8
+FINETUNE_SIZE = 0.2
+FINETUNE_NOISE = 0.05
+IN_KINDS = ("attn_q", "attn_k", "attn_v", "attn_qkv", "mlp_gate", "mlp_up", "mlp_gate_up")
+OUT_KINDS = ("attn_o", "mlp_down")
+NORM_OF = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", "attn_qkv": "attn_norm",
+           "mlp_gate": "mlp_norm", "mlp_up": "mlp_norm", "mlp_gate_up": "mlp_norm", "lm_head": "final_norm"}
+NORM_KINDS = ("attn_norm", "mlp_norm", "final_norm")
+
+Op = Callable[[str, np.ndarray], np.ndarray]
+
+
+# --- a copy of A made in memory ----------------------------------------------------------------
+class DerivedSource(TensorSource):
+    """A's tensors, a subset renamed or repeated, each passed through `op` when read. Never closes A."""
+
+    format = "control"
+
+    def __init__(self, base: TensorSource, names: dict[str, str], op: Op | None) -> None:
+        super().__init__(base.path)
+        self.base = base
+        self.names = names  # our name -> A's name
+        self.op = op
+        base_infos = base.infos()
+        self._infos = {new: TensorInfo(new, base_infos[old].shape, base_infos[old].dtype, base_infos[old].file,
+                                       base_infos[old].quantization, base_infos[old].extra)
+                       for new, old in names.items()}
+        self._cache: tuple[str, np.ndarray] | None = None
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return self._infos
+
+    def read(self, name: str) -> np.ndarray:
+        if self._cache is not None and self._cache[0] == name:
+            return self._cache[1]
+        arr = np.asarray(self.base.read(self.names[name]), dtype=np.float32)
+        if self.op is not None:
+            arr = np.ascontiguousarray(self.op(name, arr), dtype=np.float32)
+        self._cache = (name, arr)
+        return arr
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        if self.op is None:
+            return self.base.read_rows(self.names[name], start, stop)
+        return self.read(name)[start:stop]
+
+    def metadata(self) -> dict[str, Any]:
+        return self.base.metadata()
+
+    def close(self) -> None:
+        self._cache = None
+
+
+def derived_model(a: Model, source: TensorSource, label: str) -> Model:
+    """A Model that has A's files (config, tokenizer) but reads its tensors from `source`."""
+    return Model(ref=f"{a.ref} [{label}]", root=a.root, weight_files=list(a.weight_files),
+                 single_file=a.single_file, files=list(a.files), _source=source)
+
+
+# --- what the transforms need to know about A -------------------------------------------------
+@dataclass
+class Layout:
+    """A's tensors with roles, the kept subset, and the residual width."""
+
+    infos: dict[str, TensorInfo]
+    roles: dict[str, Role]
+    keep: list[str]
+    layers: list[int]
+    component: str | None
+    width: int | None
+    source: TensorSource
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def role(self, name: str) -> Role | None:
+        return self.roles.get(name)
+
+
+def layout_of(a: Model, exclude: Iterable[str] = ()) -> Layout:
+    src = a.source
+    infos = {n: i for n, i in src.infos().items() if n not in set(exclude) and i.numel > 0}
+    roles = assign_roles(infos)
+    per_comp: dict[str, set[int]] = {}
+    for r in roles.values():
+        if r.layer is not None:
+            per_comp.setdefault(r.component, set()).add(r.layer)
+    comp = max(per_comp, key=lambda c: (len(per_comp[c]), c == "language_model")) if per_comp else None
+    all_layers = sorted(per_comp.get(comp, set())) if comp else []
+    if len(all_layers) > CONTROL_LAYERS:
+        pick = np.unique(np.linspace(0, len(all_layers) - 1, CONTROL_LAYERS).round().astype(int))
+        layers = [all_layers[i] for i in pick]
+    else:
+        layers = all_layers
+    keep = []
+    for n in infos:
+        role = roles.get(n)
+        if role is None or role.layer is None or role.component == comp and role.layer in layers:
+            keep.append(n)
+    width = None
+    for n in keep:
+        role = roles.get(n)
+        if role is not None and role.kind == "token_embed" and len(infos[n].shape) == 2:
+            width = int(infos[n].shape[1])
+            break
+    return Layout(infos, roles, keep, layers, comp, width, src, dict(a.config or {}))
+
+
+def _rng(seed: int, *parts: object) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(str(p).encode()) for p in parts)])
+
+
+def _oriented(arr: np.ndarray, role: Role | None) -> tuple[np.ndarray, bool]:
+    """The 2-D weight in (out, in) layout, and whether it was transposed to get there."""
+    if arr.ndim == 2 and role is not None and role.transposed:
+        return arr.T, True
+    return arr, False
+
+
+def noise_op(seed: int, sigma: float, fixed: frozenset[str] = frozenset()) -> Op:
+    def op(name: str, arr: np.ndarray) -> np.ndarray:
+        if arr.size < 2 or name in fixed:
+            return arr
+        sd = float(arr.std())
+        if sd == 0:
+            return arr
+        out: np.ndarray = arr + (sigma * sd) * _rng(seed, "noise", name).standard_normal(arr.shape,
+                                                                                            dtype=np.float32)
+        return out
+    return op
+
+
+def finetune_op(seed: int) -> Op:
+    base_noise = noise_op(seed, FINETUNE_NOISE)
+
+    def op(name: str, arr: np.ndarray) -> np.ndarray:
+        if arr.ndim == 2 and min(arr.shape) > FINETUNE_RANK:
+            rng = _rng(seed, "lowrank", name)
+            u = rng.standard_normal((arr.shape[0], FINETUNE_RANK), dtype=np.float32)
+            v = rng.standard_normal((FINETUNE_RANK, arr.shape[1]), dtype=np.float32)
+            arr = arr + (FINETUNE_SIZE * float(arr.std()) / np.sqrt(FINETUNE_RANK)) * (u @ v)
+        return base_noise(name, arr)
+    return op
+
+
+def rotate_op(lay: Layout, seed: int) -> Op:
+    """Turn the residual stream by a random orthogonal R; norm gains folded into the next projections."""
+    d = lay.width
+    assert d is not None
+    q, r_ = np.linalg.qr(_rng(seed, "rotation").standard_normal((d, d)))
+    rot = (q * np.sign(np.diag(r_))).astype(np.float32)
+    gains: dict[tuple[str, int | None, str], str] = {}
+    for n, r in lay.roles.items():
+        if r.kind in NORM_KINDS and r.param == "weight":
+            gains[(r.component, r.layer, r.kind)] = n
+
+    def op(name: str, arr: np.ndarray) -> np.ndarray:
+        role = lay.role(name)
+        kind = role.kind if role is not None else "other"
+        if kind in NORM_KINDS and arr.ndim == 1:
+            return np.ones_like(arr) if role is not None and role.param == "weight" else arr @ rot
+        w, flipped = _oriented(arr, role)
+        if w.ndim == 2 and (kind in IN_KINDS or kind in ("lm_head", "token_embed", "pos_embed")) \
+                and w.shape[1] == d:
+            norm = NORM_OF.get(kind)
+            gname = gains.get((role.component, role.layer if kind != "lm_head" else None, norm)) \
+                if role is not None and norm else None
+            if gname is not None:
+                g = np.asarray(lay.source.read(gname), dtype=np.float32).reshape(-1)
+                if g.shape == (d,):
+                    w = w * g[None, :]
+            w = w @ rot
+        elif w.ndim == 2 and kind in OUT_KINDS and w.shape[0] == d:
+            w = rot.T @ w
+        elif w.ndim == 1 and w.shape[0] == d:
+            w = w @ rot
+        elif w.ndim == 2 and kind == "other" and d in w.shape:
+            w = w @ rot if w.shape[1] == d else rot.T @ w
+        return w.T if flipped else w
+    return op
+
+
+def permute_op(lay: Layout, seed: int) -> Op:
+    """Relabel the MLP units of every kept layer (up/gate rows, down columns), and heads when known."""
+    cfg = lay.config
+    got = cfg.get("num_attention_heads") or cfg.get("n_head")
+    n_heads = got if isinstance(got, int) else 0
+    got_kv = cfg.get("num_key_value_heads")
+    n_kv = got_kv if isinstance(got_kv, int) else n_heads
+
+    def unit_perm(comp: str, layer: int | None, n: int, what: str) -> np.ndarray:
+        return _rng(seed, "perm", comp, layer, what, n).permutation(n)
+
+    def head_perm(comp: str, layer: int | None, rows: int, heads: int) -> np.ndarray | None:
+        if heads < 2 or rows % heads:
+            return None
+        hp = _rng(seed, "heads", comp, layer, heads).permutation(heads)
+        size = rows // heads
+        return (hp[:, None] * size + np.arange(size)[None, :]).reshape(-1)
+
+    def op(name: str, arr: np.ndarray) -> np.ndarray:
+        role = lay.role(name)
+        w, flipped = _oriented(arr, role)
+        if role is None or role.layer is None:
+            if role is None and w.ndim >= 2 and w.shape[0] >= 8:  # unknown scheme: output units of each tensor
+                w = w[unit_perm("?", None, w.shape[0], name)]
+            return w.T if flipped else w
+        comp, layer, kind = role.component, role.layer, role.kind
+        if kind in ("mlp_up", "mlp_gate"):
+            n = w.shape[0]
+            w = w[unit_perm(comp, layer, n, "mlp")]
+        elif kind == "mlp_gate_up" and w.shape[0] % 2 == 0:
+            h = w.shape[0] // 2
+            p = unit_perm(comp, layer, h, "mlp")
+            w = np.concatenate([w[:h][p], w[h:][p]])
+        elif kind == "mlp_down" and w.ndim == 2:
+            w = w[:, unit_perm(comp, layer, w.shape[1], "mlp")]
+        elif kind in ("attn_q",):
+            hp = head_perm(comp, layer, w.shape[0], n_heads)
+            w = w[hp] if hp is not None else w
+        elif kind in ("attn_k", "attn_v"):
+            hp = head_perm(comp, layer, w.shape[0], n_kv)
+            w = w[hp] if hp is not None else w
+        elif kind == "attn_o" and w.ndim == 2:
+            hp = head_perm(comp, layer, w.shape[1], n_heads)
+            w = w[:, hp] if hp is not None else w
+        elif kind == "other" and w.ndim >= 2 and w.shape[0] >= 8:
+            w = w[unit_perm(comp, layer, w.shape[0], name)]
+        return w.T if flipped else w
+    return op
+
+
+def chain(*ops: Op) -> Op:
+    def op(name: str, arr: np.ndarray) -> np.ndarray:
+        for o in ops:
+            arr = o(name, arr)
+        return arr
+    return op
+
+
+_NUM = re.compile(r"(?<![0-9])(\d+)(?![0-9])")
+
+
+def _renumber(name: str, old: int, new: int) -> str:
+    """`name` with its layer number `old` replaced by `new` (the first number equal to it)."""
+    for m in _NUM.finditer(name):
+        if int(m.group(1)) == old:
+            return name[:m.start()] + str(new) + name[m.end():]
+    return name
+
+
+def layer_names(lay: Layout, kind: str) -> dict[str, str]:
+    """Names of the control copy (ours -> A's) for a plain copy, a dropped or a duplicated layer."""
+    names = {n: n for n in lay.keep}
+    if kind not in ("drop-layer", "duplicate-layer") or len(lay.layers) < 2:
+        return names
+    mid = lay.layers[len(lay.layers) // 2]
+    in_mid = [n for n in lay.keep if (r := lay.role(n)) is not None and r.component == lay.component
+              and r.layer == mid]
+    if kind == "drop-layer":
+        for n in in_mid:
+            names.pop(n)
+        return names
+    top = max(r.layer for r in lay.roles.values() if r.component == lay.component and r.layer is not None)
+    for n in in_mid:
+        names[_renumber(n, mid, top + 1)] = n
+    return names
+
+
+# --- the plan and the run ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Control:
+    kind: str
+    strength: float | None
+    names_kind: str = "copy"
+    ladder: str = ""  # controls of one ladder are run in order and stop at the first miss
+
+
+def plan_controls(lay: Layout) -> list[Control]:
+    """The controls in scope for A's layout."""
+    out = [Control("permute", None)]
+    out += [Control("noise", s, ladder="noise") for s in NOISE_LADDER]
+    out.append(Control("finetune", FINETUNE_SIZE))
+    if lay.width is not None:
+        out.append(Control("rotate", None))
+        out += [Control("rotate+noise", s, ladder="rotate+noise") for s in ROTATE_NOISE_LADDER]
+    if len(lay.layers) >= 2:
+        out.append(Control("drop-layer", None, "drop-layer"))
+        out.append(Control("duplicate-layer", None, "duplicate-layer"))
+    return out
+
+
+_REQUIRED_OF = {"noise": REQUIRED_NOISE, "rotate+noise": REQUIRED_ROTATE_NOISE}
+
+
+def required(c: Control) -> bool:
+    """Whether `independent` needs this control detected (the rest of a ladder only sets the limit)."""
+    if c.kind == "noise":
+        return c.strength == REQUIRED_NOISE
+    if c.kind == "rotate+noise":
+        return c.strength == REQUIRED_ROTATE_NOISE
+    return True
+
+
+def _op_for(c: Control, lay: Layout, seed: int, fixed: frozenset[str]) -> Op | None:
+    if c.kind == "permute":
+        return permute_op(lay, seed)
+    if c.kind == "noise":
+        return noise_op(seed, float(c.strength or 0), fixed)
+    if c.kind == "finetune":
+        return finetune_op(seed)
+    if c.kind == "rotate":
+        return rotate_op(lay, seed)
+    if c.kind == "rotate+noise":
+        return chain(rotate_op(lay, seed), noise_op(seed, float(c.strength or 0), fixed))
+    return None
+
+
+@dataclass
+class ControlReport:
+    """Every control run, which were required, and the limit in words."""
+
+    outcomes: list[ControlOutcome]
+    required_kinds: list[str]
+    missed: list[str]  # required controls no test detected, as "kind" or "kind strength"
+    limit: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcomes": [o.to_json() for o in self.outcomes], "required": self.required_kinds,
+                "missed": self.missed, "detection_limit": self.limit}
+
+
+def _label(c: Control) -> str:
+    return c.kind if c.strength is None else f"{c.kind} {c.strength:g}"
+
+
+def _ladder_order(controls: list[Control]) -> list[Control]:
+    """Singles as they come; each ladder from its required strength up (then down, if that missed)."""
+    singles = [c for c in controls if not c.ladder]
+    out = list(singles)
+    for name in dict.fromkeys(c.ladder for c in controls if c.ladder):
+        rungs = sorted((c for c in controls if c.ladder == name), key=lambda c: c.strength or 0)
+        req = _REQUIRED_OF[name]
+        out += [c for c in rungs if (c.strength or 0) >= req]
+        out += sorted((c for c in rungs if (c.strength or 0) < req), key=lambda c: -(c.strength or 0))
+    return out
+
+
+def run_weight_controls(ctx: CompareContext, tests: list[tuple[EvidenceMethod, Evidence]],
+                        threshold: float) -> list[tuple[Control, ControlOutcome]]:
+    """Each control copy of A once, every weight test in `tests` run on it.
+
+    A ladder starts at its required strength and climbs until a miss ("nothing larger was tried");
+    when the required strength is missed it steps down until a detection, to state the limit.
+    """
+    a = ctx.a
+    exclude = frozenset(ctx.shared.get("exclude_a", frozenset()))
+    lay = layout_of(a, exclude)
+    sub = derived_model(a, DerivedSource(a.source, {n: n for n in lay.keep}, None), "control subset")
+    results: list[tuple[Control, ControlOutcome]] = []
+    req_hit: dict[str, bool] = {}  # ladder -> whether its required strength was detected
+    closed: set[str] = set()  # ladders with nothing more worth running
+    for c in _ladder_order(plan_controls(lay)):
+        going_up = False
+        if c.ladder:
+            going_up = (c.strength or 0) >= _REQUIRED_OF[c.ladder]
+            above = (c.strength or 0) > _REQUIRED_OF[c.ladder]
+            if c.ladder in closed or (above and not req_hit.get(c.ladder, False)) \
+                    or (not going_up and req_hit.get(c.ladder, False)):
+                continue
+        hit = False
+        src = DerivedSource(a.source, layer_names(lay, c.names_kind), _op_for(c, lay, ctx.seed, exclude))
+        b = derived_model(a, src, f"control: {_label(c)}")
+        cctx = CompareContext(a=sub, b=b, seed=ctx.seed, options={**ctx.options, "threshold": threshold,
+                                                                   "control": True})
+        cctx.shared["exclude_a"] = exclude
+        cctx.shared["exclude_b"] = exclude
+        for method, _ in tests:
+            try:
+                ev = type(method)().run(cctx)
+                p = float(ev.p_value) if ev.p_value is not None else 1.0
+                note = ""
+            except Exception as exc:  # noqa: BLE001 - a control that cannot run is a miss, said so
+                p, note = 1.0, f"{type(exc).__name__}: {exc}"
+            det = p < threshold
+            hit = hit or det
+            results.append((c, ControlOutcome(c.kind, c.strength, method.name, p, det, note)))
+        if c.ladder:
+            if (c.strength or 0) == _REQUIRED_OF[c.ladder]:
+                req_hit[c.ladder] = hit
+            if going_up and not hit and (c.strength or 0) > _REQUIRED_OF[c.ladder]:
+                closed.add(c.ladder)
+            if not going_up and hit:
+                closed.add(c.ladder)
+    return results
+
+
+def summarize(results: list[tuple[Control, ControlOutcome]], extra: list[ControlOutcome]) -> ControlReport:
+    """Which required controls were detected by some test, and the detection limit in one sentence."""
+    by_control: dict[Control, bool] = {}
+    for c, o in results:
+        by_control[c] = by_control.get(c, False) or o.detected
+    req = [c for c in by_control if required(c)]
+    missed = [_label(c) for c in req if not by_control[c]]
+    caught = [c for c, d in by_control.items() if d]
+    parts = []
+    for kind in ("permute", "rotate", "finetune", "drop-layer", "duplicate-layer"):
+        if any(c.kind == kind for c in caught):
+            parts.append({"permute": "permutation", "rotate": "rotation", "finetune": "a low-rank fine-tune",
+                          "drop-layer": "a dropped layer", "duplicate-layer": "a duplicated layer"}[kind])
+    for kind, what in (("noise", "noise"), ("rotate+noise", "noise with a rotation")):
+        got = [c.strength for c in caught if c.kind == kind and c.strength is not None]
+        if got:
+            tried = [c.strength for c in by_control if c.kind == kind and c.strength is not None]
+            more = "" if max(got) < max(tried) else " (nothing larger was tried)"
+            parts.append(f"{what} up to {max(got):g} sigma{more}")
+    if extra:
+        parts += [f"{o.kind} ({o.method})" for o in extra if o.detected]
+    limit = ("a copy of A made by " + ", ".join(parts) + " would have been detected") if parts \
+        else "no positive control was detected: these tests could not have caught a copy"
+    outcomes = [o for _, o in results] + list(extra)
+    required_kinds = [_label(c) for c in req]
+    if not results:  # only tests without weight controls ran: their own controls must all be detected
+        required_kinds = [f"{o.kind} ({o.method})" for o in extra]
+        missed = [f"{o.kind} ({o.method})" for o in extra if not o.detected]
+    return ControlReport(outcomes, required_kinds, missed, limit)
