@@ -196,3 +196,14 @@ def test_real_rotation_keeps_a_llamas_logits() -> None:
     ids = torch.arange(10)[None]
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, model2(ids).logits, atol=1e-4)
+
+
+def test_skipping_control_pairs_keeps_every_base_pair() -> None:
+    from modeltrace.benchmark.runner import PairSpec, without_control_pairs
+
+    def spec(pid: str, label: str, **truth: object) -> PairSpec:
+        return PairSpec(pid, "a", "b", Path("a"), Path("b"), label, "k", dict(truth))
+
+    pairs = [spec("base", "independent"), spec("ctl", "independent", control_for="noise"),
+             spec("der", "derived", control_for="x")]
+    assert [p.id for p in without_control_pairs(pairs)] == ["base", "der"]

@@ -375,6 +375,7 @@ class BenchConfig:
     command: str = "modeltrace bench"
     zoo: str = "tuning"  # "tuning", "heldout", "scale" (zoo/settings.py) or "real" (zoo/real.py)
     real_source: Path | None = None  # where the real zoo finds SmolLM2 (default: realmodels or its default)
+    skip_control_pairs: bool = False  # leave out the independent pairs that only control a derivation
 
 
 def _other_path(path: Path, models: dict[str, dict[str, Any]], pair: dict[str, Any]) -> Path | None:
@@ -408,6 +409,13 @@ def check_selection(manifest_path: Path, pairs_glob: str | None) -> tuple[Manife
         raise ModelTraceError(f"no pair id matches {pairs_glob!r}",
                               hint="pair ids look like " + ", ".join(p.id for p in manifest.pairs[:3]))
     return manifest, pairs
+
+
+def without_control_pairs(pairs: Sequence[PairSpec]) -> list[PairSpec]:
+    """Pairs less the independent ones that control a derivation (a derived model against a base it does not
+    come from, `truth.control_for`): they repeat the pairs of training runs that the base pairs already
+    hold, so calibration keeps every draw; the false-positive count is then over the base pairs only."""
+    return [p for p in pairs if not (p.label == "independent" and "control_for" in p.truth)]
 
 
 def build_or_load_zoo(cfg: BenchConfig, progress: Progress | None = None) -> Path:
@@ -457,6 +465,8 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
 
     methods = plan(list(cfg.methods) if cfg.methods else None)
     manifest, pairs = check_selection(build_or_load_zoo(cfg, progress), cfg.pairs_glob)
+    if cfg.skip_control_pairs:
+        pairs = without_control_pairs(pairs)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with _exclusive(cfg.out / ".lock"):
         return _run_locked(cfg, methods, manifest, pairs, progress)

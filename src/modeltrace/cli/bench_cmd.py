@@ -65,6 +65,8 @@ def _command(argv: dict[str, Any]) -> str:
         parts.append("--no-realmodels")
     if argv["in_process"]:
         parts.append("--in-process")
+    if argv.get("skip_control_pairs"):
+        parts.append("--skip-control-pairs")
     if argv.get("behaviour") is not None:
         parts.append("--behaviour" if argv["behaviour"] else "--no-behaviour")
     return shlex.join(parts)
@@ -100,12 +102,15 @@ def _command(argv: dict[str, Any]) -> str:
                    "SmolLM2-135M). With several, each runs into OUT/<zoo> and a side-by-side page is written.")
 @click.option("--zoos-docs", type=click.Path(path_type=Path), default=None,
               help="Side-by-side page (default docs/benchmarks/lineage-zoos.md; with --quick, OUT/lineage-zoos.md).")
+@click.option("--skip-control-pairs", is_flag=True,
+              help="Leave out the independent pairs that only control a derivation (a derived model against a "
+                   "base it does not come from); every pair of independent training runs stays.")
 @click.option("--power-docs", type=click.Path(path_type=Path), default=None,
               help="Power-curve page (default docs/benchmarks/power.md; with --quick, OUT/power.md).")
 def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: bool | None, pairs: str | None,
           realmodels: Path | None, no_realmodels: bool, manifest: Path | None, docs: Path | None,
           in_process: bool, behaviour: bool | None, timeout_s: float, zoos: tuple[str, ...],
-          zoos_docs: Path | None, power_docs: Path | None) -> None:
+          zoos_docs: Path | None, power_docs: Path | None, skip_control_pairs: bool) -> None:
     """Run every evidence method and the combined verdict over the benchmark's labelled pairs."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -116,7 +121,8 @@ def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: 
     command = _command({"quick": quick, "out": out, "cache": cache, "methods": methods, "peers": peers,
                         "pairs": pairs, "realmodels": realmodels, "no_realmodels": no_realmodels,
                         "manifest": manifest, "docs": docs, "in_process": in_process, "behaviour": behaviour,
-                        "zoos": zoos, "zoos_docs": zoos_docs, "power_docs": power_docs})
+                        "zoos": zoos, "zoos_docs": zoos_docs, "power_docs": power_docs,
+                        "skip_control_pairs": skip_control_pairs})
     zoos = tuple(dict.fromkeys(zoos)) or ("tuning",)
     if manifest is not None and len(zoos) > 1:
         raise click.UsageError("--manifest names one zoo; give at most one --zoo with it")
@@ -139,6 +145,7 @@ def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: 
             realmodels=None if no_realmodels or zoo != zoos[0] else realmodels, manifest=manifest,
             docs=z_docs, isolate=not in_process, timeout_s=timeout_s, command=command,
             options={"behaviour": True} if run_behaviour else {}, zoo=zoo, real_source=realmodels,
+            skip_control_pairs=skip_control_pairs,
         )
         if len(zoos) > 1:
             click.echo(f"== zoo {zoo} ({LABELS.get(zoo, zoo)})")
