@@ -207,3 +207,14 @@ def test_skipping_control_pairs_keeps_every_base_pair() -> None:
     pairs = [spec("base", "independent"), spec("ctl", "independent", control_for="noise"),
              spec("der", "derived", control_for="x")]
     assert [p.id for p in without_control_pairs(pairs)] == ["base", "der"]
+
+
+def test_report_only_runs_no_pair_and_returns_the_rows_written(tmp_path: Path) -> None:
+    from modeltrace.benchmark.runner import PairSpec, append_row, run_key, run_pairs
+
+    pairs = [PairSpec(p, "a", "b", tmp_path / "missing-a", tmp_path / "missing-b", "derived", "k") for p in "xy"]
+    results = tmp_path / "pairs.jsonl"
+    append_row(results, {"pair": "x", "run_key": run_key(["weight-identity"]), "verdict": "derived"})
+    rows = run_pairs(pairs, results, ["weight-identity"], threshold=1e-6, isolate=False, run_missing=False)
+    assert [r["pair"] for r in rows] == ["x"]
+    assert len(results.read_text(encoding="utf-8").splitlines()) == 1

@@ -271,15 +271,17 @@ def run_pairs(
     progress: Progress | None = None,
     stage: str = "pairs",
     options: dict[str, Any] | None = None,
+    run_missing: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every pair not already in `results` under this run key; return the rows for `pairs`.
 
-    Pairs whose last row is an error are run again.
+    Pairs whose last row is an error are run again. With `run_missing` False nothing is run: the rows
+    already there are returned (a report on a run that was stopped).
     """
     prog = progress or _Silent()
     key = run_key(methods, options)
     done = latest_rows(results, key)
-    todo = [p for p in pairs if p.id not in done or "error" in done[p.id]]
+    todo = [p for p in pairs if p.id not in done or "error" in done[p.id]] if run_missing else []
     prog.stage(f"{stage} ({len(pairs) - len(todo)} already done)", len(todo))
     isolator = Isolator(methods) if isolate and todo else None
     for p in todo:
@@ -376,6 +378,7 @@ class BenchConfig:
     zoo: str = "tuning"  # "tuning", "heldout", "scale" (zoo/settings.py) or "real" (zoo/real.py)
     real_source: Path | None = None  # where the real zoo finds SmolLM2 (default: realmodels or its default)
     skip_control_pairs: bool = False  # leave out the independent pairs that only control a derivation
+    run_missing: bool = True  # False: report on the rows already written, run nothing
 
 
 def _other_path(path: Path, models: dict[str, dict[str, Any]], pair: dict[str, Any]) -> Path | None:
@@ -495,7 +498,7 @@ def _run_locked(cfg: BenchConfig, methods: list[str], manifest: Manifest, pairs:
     started = time.time()
     rows = run_pairs(pairs, cfg.out / "pairs.jsonl", methods, threshold=cfg.threshold, seed=cfg.seed,
                      isolate=cfg.isolate, timeout_s=cfg.timeout_s, progress=progress, stage="zoo pairs",
-                     options=cfg.options)
+                     options=cfg.options, run_missing=cfg.run_missing)
 
     real: RealPairs = RealPairs([], "not requested (quick mode, or --no-realmodels)")
     real_rows: list[dict[str, Any]] = []
@@ -519,7 +522,7 @@ def _run_locked(cfg: BenchConfig, methods: list[str], manifest: Manifest, pairs:
             "git": _git_revision(), "isolated": cfg.isolate, "pairs_glob": cfg.pairs_glob,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "wall_s": round(time.time() - started, 1), "methods": list(methods), "options": cfg.options,
-            "zoo": cfg.zoo,
+            "zoo": cfg.zoo, "pairs_planned": len(pairs), "pairs_reported": len(rows),
         }, roots=training_roots(manifest))
     report.write(summary, cfg.out, cfg.docs)
     summary["_rows"] = rows  # for the side-by-side page; not in summary.json

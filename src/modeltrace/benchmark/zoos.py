@@ -93,7 +93,10 @@ def markdown(summaries: Mapping[str, Mapping[str, Any]], rows: Mapping[str, Sequ
         m = summaries[z]["meta"]
         out.append(f"- **{LABELS.get(z, z)}** (`{z}`): manifest `{m.get('manifest')}`, {m.get('tool')}, git "
                    f"{m.get('git') or 'unknown'}, started {m.get('started')} UTC, {m.get('wall_s')} s"
-                   f"{', quick sizes' if m.get('quick') else ''}.")
+                   f"{', quick sizes' if m.get('quick') else ''}"
+                   + (f"; **{m['pairs_planned'] - m['pairs_reported']} of {m['pairs_planned']} pairs not run**"
+                      if m.get("pairs_planned", 0) > m.get("pairs_reported", 0) else
+                      f"; all {m.get('pairs_planned', '?')} pairs") + ".")
     out += ["", ("The tuning zoo is the one every threshold, gate and rule was tuned on. The held-out zoos were "
             "built after the rules were frozen: fresh seeds, other widths and learning rate, bases trained on "
             "other standard-library packages interleaved with English prose and fine-tuned on prose "

@@ -67,6 +67,8 @@ def _command(argv: dict[str, Any]) -> str:
         parts.append("--in-process")
     if argv.get("skip_control_pairs"):
         parts.append("--skip-control-pairs")
+    if argv.get("report_only"):
+        parts.append("--report-only")
     if argv.get("behaviour") is not None:
         parts.append("--behaviour" if argv["behaviour"] else "--no-behaviour")
     return shlex.join(parts)
@@ -105,12 +107,14 @@ def _command(argv: dict[str, Any]) -> str:
 @click.option("--skip-control-pairs", is_flag=True,
               help="Leave out the independent pairs that only control a derivation (a derived model against a "
                    "base it does not come from); every pair of independent training runs stays.")
+@click.option("--report-only", is_flag=True,
+              help="Run no pair: report on the rows already in OUT (a run that was stopped), saying how many are missing.")
 @click.option("--power-docs", type=click.Path(path_type=Path), default=None,
               help="Power-curve page (default docs/benchmarks/power.md; with --quick, OUT/power.md).")
 def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: bool | None, pairs: str | None,
           realmodels: Path | None, no_realmodels: bool, manifest: Path | None, docs: Path | None,
           in_process: bool, behaviour: bool | None, timeout_s: float, zoos: tuple[str, ...],
-          zoos_docs: Path | None, power_docs: Path | None, skip_control_pairs: bool) -> None:
+          zoos_docs: Path | None, power_docs: Path | None, skip_control_pairs: bool, report_only: bool) -> None:
     """Run every evidence method and the combined verdict over the benchmark's labelled pairs."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -122,7 +126,7 @@ def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: 
                         "pairs": pairs, "realmodels": realmodels, "no_realmodels": no_realmodels,
                         "manifest": manifest, "docs": docs, "in_process": in_process, "behaviour": behaviour,
                         "zoos": zoos, "zoos_docs": zoos_docs, "power_docs": power_docs,
-                        "skip_control_pairs": skip_control_pairs})
+                        "skip_control_pairs": skip_control_pairs, "report_only": report_only})
     zoos = tuple(dict.fromkeys(zoos)) or ("tuning",)
     if manifest is not None and len(zoos) > 1:
         raise click.UsageError("--manifest names one zoo; give at most one --zoo with it")
@@ -145,7 +149,7 @@ def bench(quick: bool, out: Path, cache: Path, methods: tuple[str, ...], peers: 
             realmodels=None if no_realmodels or zoo != zoos[0] else realmodels, manifest=manifest,
             docs=z_docs, isolate=not in_process, timeout_s=timeout_s, command=command,
             options={"behaviour": True} if run_behaviour else {}, zoo=zoo, real_source=realmodels,
-            skip_control_pairs=skip_control_pairs,
+            skip_control_pairs=skip_control_pairs, run_missing=not report_only,
         )
         if len(zoos) > 1:
             click.echo(f"== zoo {zoo} ({LABELS.get(zoo, zoo)})")
