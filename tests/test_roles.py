@@ -255,3 +255,20 @@ def test_data_files_are_well_formed() -> None:
             data = json.loads(entry.read_text(encoding="utf-8"))
             for target in data["rules"].values():
                 assert target.partition("/")[0] in KINDS, (entry.name, target)
+
+
+def test_wrapper_prefixes_are_stripped_in_linear_time_and_long_names_get_no_role() -> None:
+    import time
+
+    from modeltrace.roles import MAX_NAME_CHARS, component_of
+
+    inner = "model.layers.0.mlp.up_proj.weight"
+    deep = "module." * 140 + inner  # just under the cap: every wrapper is stripped
+    assert len(deep) <= MAX_NAME_CHARS and canonical(deep) == canonical(inner)
+    hostile = "module." * 400_000 + inner
+    start = time.perf_counter()
+    for _ in range(20):
+        assert canonical(hostile) is None
+        assert assign_roles([hostile, inner]) == {inner: canonical(inner)}
+        assert component_of(hostile, None) == "other" and not fixed_buffer(hostile)
+    assert time.perf_counter() - start < 1.0

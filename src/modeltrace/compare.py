@@ -14,13 +14,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from modeltrace import __version__
 from modeltrace.errors import ModelTraceError
 from modeltrace.evidence import METHODS, CompareContext, Evidence, EvidenceMethod, Transform
 from modeltrace.evidence.controls import ControlReport, run_weight_controls, summarize
-from modeltrace.model import Model
+from modeltrace.model import WEIGHT_SUFFIXES, Model
 from modeltrace.stats.combine import bonferroni_min
 
 SCHEMA = "modeltrace.compare/1"
@@ -48,6 +49,10 @@ class CompareResult:
     elapsed_s: float = 0.0
     controls: ControlReport | None = None
     controls_s: float = 0.0
+    # set by the caller (the CLI) so `report verify` can re-run the comparison exactly
+    command: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,15 +71,28 @@ class CompareResult:
             "detection_limit": self.controls.limit if self.controls else None,
             "controls_required": self.controls.required_kinds if self.controls else [],
             "controls_missed": self.controls.missed if self.controls else [],
-            "provenance": {
-                "tool": f"modeltrace {__version__}",
-                "python": platform.python_version(),
-                "seed": self.seed,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "elapsed_s": round(self.elapsed_s, 3),
-                "controls_s": round(self.controls_s, 3),
-                "inputs": self.inputs,
-            },
+            "provenance": self.provenance(),
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """Who made this result, how, from which bytes: enough for `modeltrace report verify` to redo it."""
+        hashed = [side for side in self.inputs.values() if isinstance(side, dict) and "sha256" in side]
+        return {
+            "tool": f"modeltrace {__version__}",
+            "version": __version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(terse=True),
+            "command": list(self.command),
+            "seed": self.seed,
+            "seeds": {"compare": self.seed},
+            "settings": {"threshold": self.threshold, **self.settings},
+            "created": self.created,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "controls_s": round(self.controls_s, 3),
+            "hashed": bool(hashed) and len(hashed) == len(self.inputs),
+            "hash_s": round(sum(float(side.get("hash_s", 0.0)) for side in hashed), 3),
+            "hash_bytes": sum(int(side.get("hash_bytes", 0)) for side in hashed),
+            "inputs": self.inputs,
         }
 
 
@@ -128,17 +146,78 @@ def plan(names: Sequence[str] | None = None) -> list[str]:
     return [n for cls, n in sorted(classes, key=lambda cn: (cn[0].stage, cn[1]))]
 
 
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file, streamed in 4 MiB chunks (memory stays flat on a 100 GB checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _file_digest(model: Model, hash_files: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"ref": model.ref, "weight_files": [str(p) for p in model.weight_files]}
+    """The files compare may read for one side (weights, config, tokenizer, code), hashed when asked.
+
+    Weight files other than the chosen ones (a .bin beside the .safetensors) are never read, so not
+    hashed. `hash_s` is the wall time the hashing took, so a report can show what its provenance cost."""
+    others = [p for p in model.files if p.suffix not in WEIGHT_SUFFIXES]
+    return {"ref": model.ref, "weight_files": [str(p) for p in model.weight_files],
+            **digest_files([*others, *model.weight_files], hash_files)}
+
+
+def digest_files(paths: Sequence[str | Path], hash_files: bool) -> dict[str, Any]:
+    """`files` (sorted, unique) and, when hashing, their `sha256`, total `hash_bytes` and `hash_s`."""
+    files = sorted({Path(p).absolute() for p in paths})
+    out: dict[str, Any] = {"files": [str(p) for p in files]}
     if hash_files:
-        out["sha256"] = {}
-        for p in model.weight_files:
-            h = hashlib.sha256()
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            out["sha256"][str(p)] = h.hexdigest()
+        t0 = time.perf_counter()
+        out["sha256"] = {str(p): sha256_file(p) for p in files}
+        out["hash_bytes"] = sum(p.stat().st_size for p in files)
+        out["hash_s"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def extra_inputs(options: dict[str, Any], hash_files: bool) -> dict[str, Any]:
+    """Inputs beside the two models: extra code (--code), the probe set and reference folders.
+
+    Returns {} or {"extra": digest}; with a probe set whose secret is present, also its commitment
+    (the publishable Merkle root, `modeltrace.probes.commit`), so a report can cite the probes it used."""
+    paths: list[Path] = []
+    for item in options.get("code") or []:
+        _, _, path = str(item).partition("=")
+        paths += _files_under(Path(path))
+    for ref in options.get("references") or []:
+        if Path(str(ref)).exists():
+            paths += _files_under(Path(str(ref)))
+    out: dict[str, Any] = {}
+    probes = options.get("probes")
+    if probes:  # the commitment secret stays out of the report, even as a hash
+        paths += [f for f in _files_under(Path(str(probes))) if f.name != "commitment.secret"]
+    if paths:
+        out["extra"] = {"ref": "extra inputs (code, probes, references)", **digest_files(paths, hash_files)}
+    if probes:
+        out.setdefault("extra", {"ref": "extra inputs"})["probe_commitments"] = [_probe_commitment(Path(str(probes)))]
+    return out
+
+
+def _files_under(p: Path) -> list[Path]:
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file() and ".git" not in f.parts)
+    return []
+
+
+def _probe_commitment(root: Path) -> dict[str, Any]:
+    from modeltrace.probes.commit import SECRET_FILE, commit
+    from modeltrace.probes.probeset import load_probe_set
+
+    folder = root if root.is_dir() else root.parent
+    if not (folder / SECRET_FILE).is_file():
+        return {"path": str(root), "root": None, "n_items": None,
+                "note": "no commitment secret beside the set: run `modeltrace probe commit` to make one"}
+    c = commit(load_probe_set(root))
+    return {"path": str(root), "root": c["root"], "n_items": c["n_items"], "schema": c["schema"]}
 
 
 def compare(

@@ -216,6 +216,25 @@ def _minimal_tokenizer_summary(model: Model) -> dict[str, Any] | None:
     return None
 
 
+def parse_artifacts(model: Model) -> None:
+    """Parse every file `inspect_model` reads (weight headers, config.json, the tokenizer files).
+
+    A malformed one raises its FormatError, naming the file. `compare` calls this first, so a file
+    that `inspect` rejects is bad input to `compare` too (exit 2), not a finding of one method.
+    The results stay cached on `model` for the methods that use them.
+    """
+    if model.weight_files:
+        model.source.infos()
+        model.source.metadata()
+    from modeltrace.artifacts.config import read_config
+
+    read_config(model)
+    if model.tokenizer_files or model.weight_files:
+        from modeltrace.artifacts.tokenizer import read_tokenizer
+
+        read_tokenizer(model)
+
+
 def inspect_model(model: Model, hash_files: bool = False) -> InspectReport:
     """Summarise `model` from metadata only (and, with `hash_files`, the sha256 of every file)."""
     source = model.source
@@ -281,4 +300,4 @@ def inspect_model(model: Model, hash_files: bool = False) -> InspectReport:
         files=_files(model, hash_files), format_metadata=_format_metadata(meta))
 
 
-__all__ = ["FileEntry", "InspectReport", "inspect_model", "sha256_file"]
+__all__ = ["FileEntry", "InspectReport", "inspect_model", "parse_artifacts", "sha256_file"]

@@ -109,7 +109,8 @@ class Model:
     # --- weights -------------------------------------------------------------------------
     @property
     def source(self) -> TensorSource:
-        """All weights as one source (shards and sub-module folders merged)."""
+        """All weights as one source: shards and sub-module folders merged, separate networks (files whose
+        names collide, several ONNX graphs, diffusers sub-folders) as components under ``name/`` prefixes."""
         if self._source is None:
             if not self.weight_files:
                 raise FormatError(self.root, "no weight files found (looked for safetensors, .bin/.pt/.pth, "
@@ -224,6 +225,8 @@ def _choose_weights(root: Path, files: list[Path]) -> list[Path]:
             return shards + _submodule_weights(root, files)
     for suffixes in ((".safetensors",), (".bin", ".pt", ".pth", ".ckpt"), (".gguf",), (".onnx",)):
         chosen = [p for p in top if p.suffix in suffixes and not p.name.startswith("training_args")]
+        if suffixes == (".onnx",):  # quantized or cached variants of a graph are not further graphs
+            chosen = [p for p in chosen if not any(v in p.stem for v in ONNX_VARIANTS)] or chosen[:1]
         if chosen:
             return sorted(chosen) + _submodule_weights(root, files)
     # no weights on top: ONNX exports often live in onnx/, single sub-folder layouts otherwise

@@ -20,6 +20,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+MAX_NAME_CHARS = 1024  # longer tensor names get no role (the longest in released checkpoints is under 200)
 COMPONENTS = ("language_model", "vision_tower", "projector", "other")
 KINDS = ("token_embed", "pos_embed", "type_embed", "attn_q", "attn_k", "attn_v", "attn_o", "attn_qkv",
          "mlp_gate", "mlp_up", "mlp_gate_up", "mlp_down", "attn_norm", "mlp_norm", "final_norm",
@@ -104,8 +105,9 @@ def _load(name: str) -> Any:
 @lru_cache(maxsize=1)
 def _prefixes() -> tuple[tuple[re.Pattern[str], ...], tuple[_Prefix, ...]]:
     data = _load("components.json")
-    wrappers = tuple(re.compile("^" + _pattern(w)) for w in data["wrappers"])
-    comps = tuple(_Prefix(re.compile("^" + _pattern(c["prefix"])), c["component"], bool(c.get("catch_all")))
+    # no "^": the patterns are applied with Pattern.match(name, pos), which anchors at pos
+    wrappers = tuple(re.compile(_pattern(w)) for w in data["wrappers"])
+    comps = tuple(_Prefix(re.compile(_pattern(c["prefix"])), c["component"], bool(c.get("catch_all")))
                   for c in data["components"])
     return wrappers, comps
 
@@ -167,33 +169,38 @@ def _split(name: str) -> tuple[str | None, bool, str]:
     """(component from a prefix or None, catch-all?, the name with wrapper and component prefixes removed).
 
     Under a catch-all prefix the prefix stays in the body, so that two modules with the same
-    inner names (``2_Dense/linear``, ``3_Dense/linear``) keep different roles.
+    inner names (``2_Dense/linear``, ``3_Dense/linear``) keep different roles. Prefixes are
+    stripped by moving a position, never by copying the rest of the name, so the cost is linear
+    in the name's length; a name over MAX_NAME_CHARS is returned as it is (no component, no role).
     """
+    if len(name) > MAX_NAME_CHARS:
+        return None, False, name
     wrappers, comps = _prefixes()
     component: str | None = None
     catch_all = False
-    body = name
+    pos = 0
+    end = len(name)
     changed = True
     while changed:
         changed = False
         for w in wrappers:
-            m = w.match(body)
-            if m and m.end() < len(body):
-                body = body[m.end():]
+            m = w.match(name, pos)
+            if m and pos < m.end() < end:
+                pos = m.end()
                 changed = True
         for c in comps:
-            m = c.regex.match(body)
-            if m and m.end() < len(body):
+            m = c.regex.match(name, pos)
+            if m and pos < m.end() < end:
                 if component is None:
                     component, catch_all = c.component, c.catch_all
                     if catch_all:
                         break
-                body = body[m.end():]
+                pos = m.end()
                 changed = True
                 break
         if catch_all:
             break
-    return component, catch_all, body
+    return component, catch_all, name[pos:]
 
 
 def _match(s: Scheme, body: str, component: str | None) -> Role | None:
@@ -224,8 +231,9 @@ def canonical(name: str) -> Role | None:
 
     Without the other names of the model, the most common meaning of a name is taken (for
     example `post_attention_layernorm` as the norm before the MLP); `assign_roles` uses context.
+    A name longer than MAX_NAME_CHARS gets no role (it counts among the tensors without one).
     """
-    if fixed_buffer(name):
+    if len(name) > MAX_NAME_CHARS or fixed_buffer(name):
         return None
     component, catch_all, body = _split(name)
     for s in schemes():
@@ -252,7 +260,7 @@ def _scores(bodies: list[tuple[str | None, bool, str]]) -> Counter[str]:
 
 @lru_cache(maxsize=8)
 def _analyse(names: tuple[str, ...]) -> tuple[dict[str, Role], str | None]:
-    split = {n: _split(n) for n in names if not fixed_buffer(n)}
+    split = {n: _split(n) for n in names if len(n) <= MAX_NAME_CHARS and not fixed_buffer(n)}
     scores = _scores(list(split.values()))
     order = {s.name: i for i, s in enumerate(schemes())}
     ranked = [s for s in sorted(schemes(), key=lambda s: (-scores.get(s.name, 0), order[s.name]))
@@ -309,7 +317,7 @@ def fixed_buffer(name: str) -> bool:
     evidence. BatchNorm running statistics are *not* fixed: they are statistics of the training
     data and differ between independently trained models.
     """
-    return _buffer_patterns().search(name) is not None
+    return len(name) <= MAX_NAME_CHARS and _buffer_patterns().search(name) is not None
 
 
 __all__ = ["COMPONENTS", "KINDS", "Role", "Scheme", "assign_roles", "canonical", "component_of", "fixed_buffer",

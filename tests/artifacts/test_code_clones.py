@@ -179,3 +179,47 @@ def test_only_pairs_sharing_fingerprints_are_scored() -> None:
     assert cmp.n_pairs == 2
     assert cmp.pairs[0].a_file == "resampler.py" and cmp.pairs[0].similarity > 0.9
     assert all(p.shared_fingerprints > 0 for p in cmp.pairs)
+
+
+def _repetitive(folder: Path, n: int) -> list[tuple[Path, str]]:
+    """n copies of one file that repeats a 144-statement block 40 times: thousands of equal k-grams."""
+    ops = ["+", "-", "*", "/", "%", "**", "//", "<<", ">>", "&", "|", "^"]
+    block = "".join(f"x = y {ops[i % 12]} (z {ops[(i // 12) % 12]} w)\n" if i % 2 else
+                    f"if a {ops[i % 12]} b:\n    pass\n" for i in range(144))
+    out = []
+    for i in range(n):
+        p = folder / f"modeling_{i}.py"
+        p.write_text(block * 40)
+        out.append((p, p.name))
+    return out
+
+
+def test_repetitive_files_stop_at_the_time_budget_and_say_so(tmp_path: Path) -> None:
+    import time
+
+    files = _repetitive(tmp_path, 6)
+    budget = code_mod.CloneBudget(deadline=time.monotonic() + 1.0)
+    start = time.perf_counter()
+    prints, skipped = load_files(files, budget)
+    cmp = compare_code(prints, prints, skipped, budget)
+    assert time.perf_counter() - start < 8.0  # one second of budget, plus the pair or file under way
+    assert any("budget was spent" in s for s in cmp.skipped)
+
+
+def test_token_comparisons_are_capped_over_the_whole_comparison(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(code_mod, "MAX_TOTAL_EXTEND_STEPS", 50_000)
+    prints, _ = load_files(_repetitive(tmp_path, 2))
+    cmp = compare_code(prints, prints)
+    assert cmp.n_pairs == 4 and len(cmp.pairs) == 4
+    assert "matches were not grown past the cap of 50000 token comparisons (repetitive files): shared code may " \
+           "be undercounted" in cmp.skipped
+
+
+def test_source_past_the_per_side_cap_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(code_mod, "MAX_TOTAL_BYTES", 10)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    prints, skipped = load_files([(tmp_path / "a.py", "a.py"), (tmp_path / "b.py", "b.py")])
+    assert [p.tokens.path for p in prints] == ["a.py"]
+    assert skipped == ["b.py: not read, past the 10-byte cap on source per side"]

@@ -12,11 +12,16 @@ from typing import Any
 
 
 class FaultPlan:
-    """Faults to inject, consumed in order, then normal answers. Kinds: 429 500 malformed drop slow."""
+    """Faults to inject, consumed in order, then normal answers.
 
-    def __init__(self, faults: list[str] | None = None, slow_s: float = 0.5) -> None:
+    Kinds: an HTTP status ("429", "500", "400", "404"...), malformed, drop, slow. A 429 carries
+    `Retry-After: retry_after`.
+    """
+
+    def __init__(self, faults: list[str] | None = None, slow_s: float = 0.5, retry_after: str = "0") -> None:
         self.faults = list(faults or [])
         self.slow_s = slow_s
+        self.retry_after = retry_after
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
 
@@ -52,11 +57,11 @@ def fake_openai_server(plan: FaultPlan) -> Iterator[str]:
                 return
             if fault == "slow":
                 time.sleep(plan.slow_s)
-            if fault in ("429", "500"):
+            if fault is not None and fault.isdigit():
                 payload = b'{"error": "injected"}'
                 self.send_response(int(fault))
                 if fault == "429":
-                    self.send_header("Retry-After", "0")
+                    self.send_header("Retry-After", plan.retry_after)
             else:
                 payload = b'{"choices": [' if fault == "malformed" else json.dumps(_answer(body)).encode()
                 self.send_response(200)

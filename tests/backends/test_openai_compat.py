@@ -4,7 +4,12 @@ import pytest
 from fakeserver import FaultPlan, fake_openai_server
 
 from modeltrace.backends.base import Request
-from modeltrace.backends.openai_compat import OpenAICompatBackend, build_payload, parse_response
+from modeltrace.backends.openai_compat import (
+    OpenAICompatBackend,
+    build_payload,
+    parse_response,
+    retry_after_seconds,
+)
 from modeltrace.errors import BackendError
 
 
@@ -53,9 +58,45 @@ def test_timeout_then_give_up() -> None:
         be.close()
 
 
-def test_client_error_is_not_retried() -> None:
-    plan = FaultPlan()
+@pytest.mark.parametrize("status", ["400", "401", "404", "422"])
+def test_client_error_is_not_retried(status: str) -> None:
+    plan = FaultPlan([status, status, status])
     with fake_openai_server(plan) as url:
-        be = OpenAICompatBackend(url + "/v1", "m", max_retries=3)
+        be = OpenAICompatBackend(url + "/v1", "m", max_retries=3, backoff=0.01)
         assert be.base_url == url  # a trailing /v1 is accepted
+        with pytest.raises(BackendError) as err:
+            be.generate([Request(prompt="p")])
         be.close()
+    assert str(err.value) == f'{url}/v1/completions: HTTP {status}: {{"error": "injected"}}'
+    assert len(plan.requests) == 1  # one request: a 4xx is final
+
+
+def test_retry_after_is_honoured() -> None:
+    import time
+
+    plan = FaultPlan(["429"], retry_after="0.6")
+    with fake_openai_server(plan) as url:
+        be = OpenAICompatBackend(url, "m", backoff=0.01)
+        start = time.perf_counter()
+        out = be.generate([Request(prompt="p")])
+        elapsed = time.perf_counter() - start
+        be.close()
+    assert [r.text for r in out] == ["echo:p"] and len(plan.requests) == 2
+    assert elapsed >= 0.6
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds("0.5") == 0.5
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert retry_after_seconds("-1") is None and retry_after_seconds("inf") is None and retry_after_seconds(None) is None
+
+
+def test_every_try_failing_gives_up_after_max_retries_plus_one() -> None:
+    plan = FaultPlan(["500"] * 10)
+    with fake_openai_server(plan) as url:
+        be = OpenAICompatBackend(url, "m", max_retries=2, backoff=0.01)
+        with pytest.raises(BackendError) as err:
+            be.generate([Request(prompt="p")])
+        be.close()
+    assert str(err.value) == f"{url}/v1/completions: gave up after 3 tries (HTTP 500)"
+    assert len(plan.requests) == 3

@@ -299,6 +299,7 @@ def test_real_pairs_come_from_the_shared_pairs_file(realmodels: Path) -> None:
     assert all(p.set == "real" and p.a_path.is_absolute() and p.a_path.exists() for p in rp.pairs)
 
 
+@pytest.mark.realmodels  # needs ../shared/realmodels: under CI=true a skip is a failure
 def test_absent_real_models_are_reported_as_skipped(tmp_path: Path) -> None:
     if runner.shared_dir() is None:
         pytest.skip("../shared/realmodels/pairs.json absent")

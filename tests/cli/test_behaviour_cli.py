@@ -48,11 +48,12 @@ def test_compare_with_an_endpoint_runs_only_what_applies(tmp_path: Path) -> None
     assert r.invoke(cli, ["probe", "make", str(tmp_path / "s"), "--facts", "12"]).exit_code == 0
     with fake_openai_server(FaultPlan()) as url:
         res = r.invoke(cli, ["compare", f"openai:{url}#m1", f"{url}/v1#m2", "--probes", str(tmp_path / "s"),
-                             "--reference", f"{url}#m3", "--cache", str(tmp_path / "c.sqlite"), "--json"])
+                             "--reference", f"{url}#m3", "--reference", f"{url}#m4",
+                             "--cache", str(tmp_path / "c.sqlite"), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     ev = {e["method"]: e for e in out["evidence"]}
     assert ev["weight-identity"]["status"] == "skipped"
-    assert ev["shared-mistakes"]["status"] == "ok" and ev["shared-mistakes"]["details"]["references"] == 1
+    assert ev["shared-mistakes"]["status"] == "ok" and ev["shared-mistakes"]["details"]["references"] == 2
     assert ev["canary-recall"]["status"] == "ok" and ev["canary-recall"]["details"]["items"] == 12
     assert out["verdict"] != "derived"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,11 @@ def test_model_against_itself_and_against_an_unrelated_one(models: dict[str, Pat
     same = _json(str(models["a"]), str(models["a"]))
     assert same["verdict"] == "derived"
     # 96 units in each of 2 layers: all fixed gives 1/96! per layer, Fisher-combined below 1e-290
-    assert all(e["p_value"] < 1e-290 for e in same["evidence"] if e["p_value"] is not None)
+    ev = {e["method"]: e for e in same["evidence"]}
+    assert ev["weight-identity"]["p_value"] < 1e-290
+    # weight-permutation counts residual coordinates: all fixed gives about 1/d!
+    d = ev["weight-permutation"]["details"]["coordinates"]
+    assert ev["weight-permutation"]["p_value"] <= 1 / math.factorial(d)
     other = _json(str(models["a"]), str(models["c"]))
     assert other["verdict"] == "independent" and other["p_value"] > 1e-6
 

@@ -55,14 +55,37 @@ def test_copy_is_caught_from_behaviour_alone(tmp_path: Path) -> None:
     assert ev.details["null"] == "references"
 
 
-def test_without_references_it_decides_nothing(tmp_path: Path) -> None:
+def test_with_fewer_than_two_references_it_refuses(tmp_path: Path) -> None:
     make_probe_set(tmp_path / "set", facts=150, seed=1)
     items = load_probe_set(tmp_path / "set").items
     a = _sheet(items, 1, 0.5)
-    res = _run(tmp_path, a, _sheet(items, 2, 0.5, base=a, flip=0.2))
-    ev = res.evidence[0]
-    assert res.verdict == "inconclusive" and ev.p_value is None and not ev.powered
-    assert ev.details["p_value_modelled"] < 1e-6 and "--reference" in ev.statement
+    for refs in ([], [_sheet(items, 50, 0.5)]):
+        res = _run(tmp_path, a, _sheet(items, 2, 0.5, base=a, flip=0.2), refs)
+        ev = res.evidence[0]
+        assert res.verdict == "inconclusive" and ev.status == "skipped" and ev.p_value is None
+        assert ev.statement == ("needs at least 2 reference models known to be unrelated to A and B "
+                                f"(--reference, given {len(refs)}): the null is measured on them")
+
+
+def test_shared_mistakes_copy_control_is_detected(tmp_path: Path) -> None:
+    from modeltrace.evidence.base import CompareContext
+    from modeltrace.evidence.behaviour import SharedMistakesMethod
+
+    make_probe_set(tmp_path / "set", facts=150, seed=1)
+    items = load_probe_set(tmp_path / "set").items
+    sheets = [_sheet(items, seed, 0.5) for seed in (1, 2, 50, 51)]
+
+    def backend(i: int) -> MockBackend:
+        return MockBackend(f"s{i}", answer_fn=lambda r: sheets[i].get(r.prompt, "?"))
+
+    opts = {"probes": str(tmp_path / "set"), "cache": str(tmp_path / "c.sqlite"), "backend_a": backend(0),
+            "backend_b": backend(1), "references": [backend(2), backend(3)]}
+    ctx = CompareContext(_model(tmp_path, "A"), _model(tmp_path, "B"), options=opts)
+    method = SharedMistakesMethod()
+    ev = method.run(ctx)
+    assert ev.p_value is not None and ev.p_value > 1e-3 and ev.powered
+    (control,) = method.controls(ctx, ev)
+    assert control.kind == "copy" and control.detected and control.p_value < 1e-6
 
 
 def test_independent_models_not_derived(tmp_path: Path) -> None:
@@ -175,7 +198,65 @@ def test_probe_items_go_as_chat_messages_with_chat(tmp_path: Path) -> None:
         return sheet.get(req.messages[-1][1], "?")
 
     opts = {"probes": str(tmp_path / "set"), "cache": str(tmp_path / "c.sqlite"), "chat": True,
-            "backend_a": MockBackend("ca", answer_fn=answer), "backend_b": MockBackend("cb", answer_fn=answer)}
+            "backend_a": MockBackend("ca", answer_fn=answer), "backend_b": MockBackend("cb", answer_fn=answer),
+            "references": [MockBackend(f"cr{i}", answer_fn=lambda r: "?") for i in range(2)]}
     res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["shared-mistakes"], options=opts)
     assert res.evidence[0].details["a_wrong"] == 0  # every item was read from its chat message
     assert len(seen) == 40 and all(r.mode == "chat" and not r.prompt and r.messages[0][0] == "user" for r in seen)
+
+
+def _agreement_opts(tmp_path: Path, prompts: int, **kw: object) -> dict[str, object]:
+    a_fn = _lm(1)
+    return {"behaviour": True, "prompts": prompts, "cache": str(tmp_path / "c.sqlite"),
+            "backend_a": MockBackend("a", answer_fn=a_fn), "backend_b": MockBackend("b", answer_fn=a_fn),
+            "references": [MockBackend(f"r{i}", answer_fn=_lm(10 + i)) for i in range(2)], **kw}
+
+
+def test_exact_copy_on_ten_prompts_is_not_powered_and_not_independent(tmp_path: Path) -> None:
+    res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["output-agreement"],
+                  options=_agreement_opts(tmp_path, 10))
+    ev = res.evidence[0]
+    assert ev.details["agree"] == 10 and ev.p_value == 2.0 ** -10
+    assert not ev.powered and ev.details["min_attainable_p"] == 2.0 ** -10
+    assert ev.statement.endswith("(not powered: 10 prompts cannot reach p < 1e-06; the smallest attainable p is "
+                                 "0.000977, 20 prompts needed)")
+    assert res.verdict != "independent"
+
+
+def test_output_agreement_copy_control_follows_prompts_and_threshold(tmp_path: Path) -> None:
+    from modeltrace.evidence.base import CompareContext
+    from modeltrace.evidence.behaviour import OutputAgreementMethod
+
+    method = OutputAgreementMethod()
+    for prompts, threshold, detected in ((10, 1e-6, False), (10, 1e-2, True), (40, 1e-6, True)):
+        ctx = CompareContext(_model(tmp_path, "A"), _model(tmp_path, "B"),
+                             options=_agreement_opts(tmp_path, prompts, threshold=threshold))
+        ev = method.run(ctx)
+        assert ev.powered == detected
+        (control,) = method.controls(ctx, ev)
+        assert control.kind == "copy" and control.detected == detected and control.p_value == 2.0 ** -prompts
+
+
+def test_canary_power_needs_enough_items(tmp_path: Path) -> None:
+    make_probe_set(tmp_path / "set", facts=5)
+    items = load_probe_set(tmp_path / "set").items
+    owner = {it.prompt: it.answer for it in items}
+    res = _canary(tmp_path, owner, owner)
+    ev = res.evidence[0]
+    assert not ev.powered and res.verdict != "independent"
+    assert "(not powered: 5 canary items cannot reach p < 1e-06" in ev.statement
+
+
+def test_references_that_answer_like_a_leave_the_test_unpowered(tmp_path: Path) -> None:
+    a_fn = _lm(1)
+    from modeltrace.probes.prompts import generic_prompts
+
+    prompts = generic_prompts(40, seed=0)
+    a_answers = {p: a_fn(Request(prompt=p)) for p in prompts}
+    opts = _agreement_opts(tmp_path, 40)
+    opts["references"] = [MockBackend(f"echo{i}", answer_fn=_lm(20 + i, base=a_answers)) for i in range(2)]
+    res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["output-agreement"], options=opts)
+    ev = res.evidence[0]
+    assert ev.details["min_attainable_p"] < 1e-6  # 40 prompts could reach the threshold ...
+    assert not ev.powered and ev.details["copy_control_p"] > 1e-6  # ... but not against references this close to A
+    assert "(not powered: an exact copy of A would reach only p = " in ev.statement

@@ -78,15 +78,26 @@ def test_fine_tune_is_caught_and_independent_models_are_not(tmp_path: Path) -> N
         assert res.verdict != "derived" and res.evidence[0].p_value is not None and res.evidence[0].p_value > 1e-3
 
 
-def test_without_references_it_measures_but_decides_nothing(tmp_path: Path) -> None:
-    res = _run(tmp_path, MockBackend("ft", logprobs_fn=_lm(2, parent=1, drift=0.5)), [])
+def test_with_one_reference_it_refuses_before_any_query(tmp_path: Path) -> None:
+    asked: list[Request] = []
+
+    def lm(req: Request) -> dict[str, float]:
+        asked.append(req)
+        return _lm(1)(req)
+
+    res = _run(tmp_path, MockBackend("ft", logprobs_fn=lm), [MockBackend("r0", logprobs_fn=_lm(10))])
     ev = res.evidence[0]
-    assert ev.p_value is None and not ev.powered and "--reference" in ev.statement
-    assert 0.0 < ev.details["distance"] < 1.0
+    assert ev.status == "skipped" and ev.p_value is None and not ev.powered and asked == []
+    assert ev.statement == ("needs at least 2 reference models known to be unrelated to A and B "
+                            "(--reference, given 1): the null is measured on them")
+
+
+def _two_refs() -> list[Backend]:
+    return [MockBackend(f"r{i}", logprobs_fn=_lm(10 + i)) for i in range(2)]
 
 
 def test_a_backend_without_log_probabilities_is_named(tmp_path: Path) -> None:
-    res = _run(tmp_path, MockBackend("plain"), [MockBackend("r0", logprobs_fn=_lm(10))])
+    res = _run(tmp_path, MockBackend("plain"), _two_refs())
     ev = res.evidence[0]
     assert ev.status == "skipped" and "mock:plain" in ev.statement and "log-probabilities" in ev.statement
 
@@ -97,9 +108,36 @@ def test_endpoint_limit_sets_k(tmp_path: Path) -> None:
 
     opts = {"behaviour": True, "prompts": 40, "cache": str(tmp_path / "c.sqlite"),
             "backend_a": MockBackend("a", logprobs_fn=_lm(1)), "backend_b": Capped("b", logprobs_fn=_lm(1)),
-            "references": [MockBackend("r", logprobs_fn=_lm(3))]}
+            "references": _two_refs()}
     res = compare(_model(tmp_path, "A"), _model(tmp_path, "B"), methods=["logprob-similarity"], options=opts)
     assert res.evidence[0].details["top_logprobs"] == 5
+
+
+def test_copy_on_few_prompts_is_not_powered_and_its_control_says_why(tmp_path: Path) -> None:
+    from modeltrace.evidence.base import CompareContext
+    from modeltrace.evidence.logprobs import LogprobSimilarityMethod
+
+    opts = {"behaviour": True, "prompts": 12, "cache": str(tmp_path / "c.sqlite"), "top_logprobs": 20,
+            "backend_a": MockBackend("a", logprobs_fn=_lm(1)), "backend_b": MockBackend("b", logprobs_fn=_lm(1)),
+            "references": _two_refs()}
+    ctx = CompareContext(_model(tmp_path, "A"), _model(tmp_path, "B"), options=opts)
+    method = LogprobSimilarityMethod()
+    ev = method.run(ctx)
+    assert not ev.powered and ev.p_value == 2.0 ** -12
+    assert ev.statement.endswith("(not powered: 12 prompts cannot reach p < 1e-06; the smallest attainable p is "
+                                 "0.000244, 20 prompts needed)")
+    (control,) = method.controls(ctx, ev)
+    assert control.kind == "copy" and control.p_value == 2.0 ** -12 and not control.detected
+    ctx = CompareContext(_model(tmp_path, "A"), _model(tmp_path, "B"), options={**opts, "threshold": 1e-3})
+    ev = method.run(ctx)
+    assert ev.powered and method.controls(ctx, ev)[0].detected  # --threshold reaches the power check
+
+
+def test_margin_test_refuses_nan() -> None:
+    from modeltrace.errors import EvidenceError
+
+    with pytest.raises(EvidenceError, match="rank distance is NaN"):
+        margin_test(np.array([0.1, math.nan]), np.array([0.5, 0.5]), 0.1)
 
 
 # --- trained models: a real fine-tune (other data) against independently trained references -------

@@ -78,7 +78,7 @@ def test_rotated_copy_is_caught(models: dict[str, Path]) -> None:
     ev = {e.method: e for e in res.evidence}
     assert res.verdict == "derived", ev["activation-match"].statement
     assert ev["activation-match"].p_value is not None and ev["activation-match"].p_value < 1e-6
-    assert ev["representation-cka"].statistic is not None and ev["representation-cka"].statistic > 0.99
+    assert ev["representation-cka"].status == "skipped"  # no references: CKA is not tested
 
 
 def test_independent_models_are_not_derived(models: dict[str, Path]) -> None:
@@ -113,7 +113,7 @@ def cka_models(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 def _cka(a: Path, b: Path, refs: list[object]):  # type: ignore[no-untyped-def]
     res = compare(Model.open(str(a)), Model.open(str(b)), methods=["representation-cka"],
-                  options={"representation": True, "prompts": 48, "references": refs})
+                  options={"representation": True, "prompts": 200, "references": refs})
     return res, res.evidence[0]
 
 
@@ -125,8 +125,41 @@ def test_cka_against_references_catches_a_perturbed_copy(cka_models: dict[str, P
     assert res.verdict != "derived" and ev.p_value is not None and ev.p_value > 1e-3, ev.statement
 
 
-def test_cka_without_local_references_is_descriptive(cka_models: dict[str, Path]) -> None:
-    _, ev = _cka(cka_models["a"], cka_models["ft"], [])
-    assert ev.p_value is None and not ev.powered and "no reference models" in ev.statement
-    _, ev = _cka(cka_models["a"], cka_models["ft"], ["http://127.0.0.1:9/v1#m"])
-    assert ev.p_value is None and "not a local model" in ev.statement
+def test_cka_needs_two_local_references(cka_models: dict[str, Path]) -> None:
+    _, ev = _cka(cka_models["a"], cka_models["ft"], [str(cka_models["r2"])])
+    assert ev.status == "skipped" and ev.p_value is None and not ev.powered
+    assert ev.statement == ("needs at least 2 reference models known to be unrelated to A and B "
+                            "(--reference, given 1): the null is measured on them")
+    _, ev = _cka(cka_models["a"], cka_models["ft"], ["http://127.0.0.1:9/v1#m", str(cka_models["r2"])])
+    assert ev.status == "skipped" and "not a local model" in ev.statement
+
+
+def test_cka_on_few_prompts_is_not_powered_and_says_so(cka_models: dict[str, Path]) -> None:
+    refs = [str(cka_models["r2"]), str(cka_models["r3"])]
+    res = compare(Model.open(str(cka_models["a"])), Model.open(str(cka_models["a"])),
+                  methods=["representation-cka"], options={"representation": True, "prompts": 48, "references": refs})
+    ev = res.evidence[0]
+    assert not ev.powered and ev.details["min_attainable_p"] == 2.0 ** -6
+    assert ev.statement.endswith("(not powered: 6 blocks of 8 prompts cannot reach p < 1e-06; the smallest "
+                                 "attainable p is 0.0156)")
+
+
+def test_activation_match_power_follows_the_threshold(models: dict[str, Path]) -> None:
+    a, c = Model.open(str(models["a"])), Model.open(str(models["c"]))
+    res = compare(a, c, methods=["activation-match"],
+                  options={"representation": True, "prompts": 16, "neurons": 2, "threshold": 1e-6})
+    ev = res.evidence[0]
+    assert not ev.powered and "not powered" in ev.statement and ev.details["min_attainable_p"] > 1e-6
+
+
+def test_activation_match_noise_control_is_detected(models: dict[str, Path]) -> None:
+    from modeltrace.evidence.base import CompareContext
+    from modeltrace.evidence.representation import ActivationMatchMethod
+
+    a, c = Model.open(str(models["a"])), Model.open(str(models["c"]))
+    ctx = CompareContext(a, c, options={"representation": True, "prompts": 32})
+    method = ActivationMatchMethod()
+    ev = method.run(ctx)
+    assert ev.p_value is not None and ev.p_value > 1e-3  # independent models: nothing found
+    (control,) = method.controls(ctx, ev)
+    assert control.kind == "noise" and control.strength == 0.1 and control.detected and control.p_value < 1e-6

@@ -16,13 +16,14 @@ from modeltrace.weights import match_models
 ORDER = (1, 0)  # B block j holds A layer ORDER[j]: the layer order is shuffled too
 
 
-def custom_shell(state: dict[str, np.ndarray], seed: int, sigma_rel: float = 0.05) -> dict[str, np.ndarray]:
+def custom_shell(state: dict[str, np.ndarray], seed: int, sigma_rel: float = 0.05,
+                 order: tuple[int, ...] = ORDER) -> dict[str, np.ndarray]:
     """Every key renamed into a custom layout; q|k|v and gate|up fused and stored transposed, o and down
     transposed; MLP units and heads permuted; noise of `sigma_rel` of each tensor's std; blocks renumbered."""
     st = tt.add_noise(tt.permute_heads(tt.permute_neurons(state, seed), seed + 1), sigma_rel, seed + 2)
     out = {"net.lexicon": st["model.embed_tokens.weight"], "net.readout": st["lm_head.weight"],
            "net.final_scale": st["model.norm.weight"]}
-    for j, i in enumerate(ORDER):
+    for j, i in enumerate(order):
         p, q = f"model.layers.{i}.", f"net.stage_{j}."
         out[q + "pre_a"] = st[p + "input_layernorm.weight"]
         out[q + "pre_b"] = st[p + "post_attention_layernorm.weight"]
@@ -84,3 +85,28 @@ def test_custom_shell_is_derived_with_layer_order_and_noise(shell_dirs: tuple[Pa
     assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(0, 1), (1, 0)]
     noise = next(t for t in r.transforms if t.kind == "noise")
     assert 0.03 < noise.estimates["sigma_rel"] < 0.08
+
+
+def test_repeated_block_under_an_unknown_scheme_is_mapped(model_dir, base_state) -> None:  # type: ignore[no-untyped-def]
+    a = model_dir("content-A", base_state)
+    b = model_dir("content-B-upscaled", custom_shell(base_state, 21, order=(0, 1, 1)))
+    with Model.open(str(a)) as ma, Model.open(str(b)) as mb:
+        r = compare(ma, mb, methods=["weight-match", "weight-permutation"])
+    assert r.verdict == "derived"
+    assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(0, 0), (1, 1), (2, 1)]
+    perm = next(e for e in r.evidence if e.method == "weight-permutation")
+    assert [(x["b_layer"], x["a_layer"]) for x in perm.details["layers"]] == [(0, 0), (1, 1), (2, 1)]
+
+
+def test_unknown_scheme_on_the_a_side_is_paired_too(shell_dirs: tuple[Path, Path]) -> None:
+    a, b = shell_dirs
+    with Model.open(str(b)) as mb, Model.open(str(a)) as ma:
+        m = match_models(mb, ma)  # the custom layout is now A
+        got = {p.b: p.a + (f"[{p.a_rows[0]}:{p.a_rows[1]}]" if p.a_rows else "") for p in m.pairs}
+        assert got == expected_pairs()
+        assert m.unmatched_a == () and m.unmatched_b == ()
+        for p in m.pairs:
+            assert m.read_a(p).shape == m.read_b(p).shape == p.shape
+        r = compare(mb, ma, methods=["weight-match", "weight-identity", "weight-permutation"])
+    assert r.verdict == "derived" and r.p_value < 1e-6
+    assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(0, 1), (1, 0)]

@@ -31,7 +31,7 @@ def a_dir(model_dir, base_state):  # type: ignore[no-untyped-def]
 def test_model_against_itself_is_derived_at_the_floor(a_dir: Path) -> None:
     r = _compare(a_dir, a_dir)
     assert r.verdict == "derived"
-    assert _p(r, "weight-identity") == 1e-300 and _p(r, "weight-permutation") == 1e-300
+    assert _p(r, "weight-identity") == 1e-300 and _p(r, "weight-permutation") < 1e-35  # 1/32! over 32 coordinates
     assert r.transforms == [] and r.rename_map == {}
     assert [(e["b_layer"], e["a_layer"]) for e in r.layer_map] == [(0, 0), (1, 1)]
 
@@ -61,7 +61,7 @@ def test_permuted_neurons_and_heads_are_derived_and_reported(a_dir: Path, base_s
     state = tt.permute_heads(tt.permute_neurons(base_state, 2), 3)
     assert tt.loss_of(state) == pytest.approx(tt.loss_of(base_state), abs=1e-4)  # same function
     r = _compare(a_dir, model_dir("B-perm", state))
-    assert r.verdict == "derived" and _p(r, "weight-permutation") < 1e-100
+    assert r.verdict == "derived" and _p(r, "weight-permutation") < 1e-30
     assert _p(r, "weight-identity") > 1e-3  # the identity test alone is blind to a permutation
     perm = {t.estimates["target"]: t for t in r.transforms if t.kind == "permute"}
     assert sum(perm["mlp_units"].estimates["moved_per_layer"].values()) > 200
@@ -70,15 +70,15 @@ def test_permuted_neurons_and_heads_are_derived_and_reported(a_dir: Path, base_s
 
 
 @pytest.mark.parametrize("permutation", [False, True])
-def test_rotated_or_permuted_residual_is_derived(permutation: bool, a_dir: Path, base_state, model_dir) -> None:  # type: ignore[no-untyped-def]
+def test_rotated_or_permuted_residual_with_permuted_neurons_is_beyond_the_exact_weight_tests(
+        permutation: bool, a_dir: Path, base_state, model_dir) -> None:  # type: ignore[no-untyped-def]
+    """Both symmetries of the null used at once: no test exact by relabelling can see it (weights_permutation)."""
     state = tt.rotate_residual(base_state, 4, permutation=permutation)
     assert tt.loss_of(state) == pytest.approx(tt.loss_of(base_state), abs=1e-4)
     r = _compare(a_dir, model_dir(f"B-rot{permutation}", tt.permute_neurons(state, 5)))
-    assert r.verdict == "derived" and _p(r, "weight-permutation") < 1e-100
-    kinds = {t.kind: t for t in r.transforms}
-    res = [t for t in r.transforms if t.estimates.get("target") == "residual"]
-    assert res and res[0].kind == ("permute" if permutation else "rotate")
-    assert "permute" in kinds
+    assert _p(r, "weight-permutation") > 1e-3 and _p(r, "weight-identity") > 1e-3
+    ev = next(e for e in r.evidence if e.method == "weight-permutation")
+    assert ev.details["blind_to"] == "copies whose residual stream was rotated or permuted (see weight-identity)"
 
 
 def test_rotation_found_through_a_reordered_vocabulary(a_dir: Path, base_state, model_dir) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +107,7 @@ def test_llama3v_style_shell_is_derived(base_state, model_dir) -> None:  # type:
     b = model_dir("MM-shell", tt.llama3v_shell(mm, 10))
     r = _compare(a, b)
     assert r.verdict == "derived" and r.p_value < 1e-6
-    assert _p(r, "weight-permutation") < 1e-100
+    assert _p(r, "weight-permutation") < 1e-30
     rename = next(t for t in r.transforms if t.kind == "rename")
     assert rename.estimates["prefix_map"] == {"vpm.": "vison.", "resampler.": "projection."}
     assert {"rename", "transpose", "fuse", "permute"} <= {t.kind for t in r.transforms}
@@ -147,8 +147,7 @@ def _gguf_name(k: str) -> str:
 
 
 def test_cross_format_gguf_q4k_and_int8_onnx(tmp_path: Path) -> None:
-    gguf_write = pytest.importorskip("modeltrace.formats.gguf_write", reason="GGUF writer not available")
-    onnx_write = pytest.importorskip("modeltrace.formats.onnx_write", reason="ONNX writer not available")
+    from modeltrace.formats import gguf_write, onnx_write  # our own writers: never a reason to skip
     st = _wide_state(1)
     a = tt.save_model(tmp_path / "a", st)
     g = gguf_write.write_gguf(tmp_path / "b.gguf", {_gguf_name(k): v for k, v in st.items()}, qtype="Q4_K")
@@ -173,6 +172,6 @@ def test_width_pruned_mlp_is_derived_on_the_kept_units(a_dir: Path, base_state, 
         state[p + "up_proj.weight"] = base_state[p + "up_proj.weight"][keep]
         state[p + "down_proj.weight"] = np.ascontiguousarray(base_state[p + "down_proj.weight"][:, keep])
     r = _compare(a_dir, model_dir("B-pruned", state))
-    assert r.verdict == "derived" and _p(r, "weight-permutation") < 1e-100
+    assert r.verdict == "derived" and _p(r, "weight-permutation") < 1e-30
     ev = next(e for e in r.evidence if e.method == "weight-permutation")
-    assert {(x["n_a"], x["n_b"]) for x in ev.details["layers"]} == {(tt.FF, 96)}
+    assert {(x["units_a"], x["units_b"]) for x in ev.details["layers"]} == {(tt.FF, 96)}

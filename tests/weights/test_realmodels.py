@@ -43,3 +43,25 @@ def test_independent_pairs(realmodels: Path, pid: str, a: str, b: str) -> None:
     r = _compare(realmodels, a, b)
     assert r.verdict != "derived", pid
     assert r.p_value > 1e-3
+
+
+@pytest.mark.realmodels
+@pytest.mark.slow
+@pytest.mark.parametrize(("pid", "a", "b"), [
+    ("N22", "smollm2-135m-instruct-q4_1", "gemma-3-270m-q4_k_m"),
+    ("N23", "gemma-3-270m-q4_k_m", "qwen2.5-coder-0.5b-instruct-awq-q4_k_m"),
+])
+def test_independent_models_of_different_widths_get_a_powered_test(realmodels: Path, pid: str, a: str,
+                                                                     b: str) -> None:
+    for name in (a, b):
+        if not (realmodels / name).is_dir():
+            pytest.skip(f"real model {name} absent from {realmodels}")
+    with Model.open(str(realmodels / a)) as ma, Model.open(str(realmodels / b)) as mb:
+        r = compare(ma, mb, methods=["weight-match", "weight-order", "weight-heads"])
+    assert r.verdict == "independent", pid
+    order = next(e for e in r.evidence if e.method == "weight-order")
+    assert order.powered and order.p_value > 1e-3 and "nothing comparable" not in order.statement
+    w = order.details["widths"]
+    assert w["d_a"] != w["d_b"] and w["paired_dims"] >= 64
+    heads = next(e for e in r.evidence if e.method == "weight-heads")
+    assert heads.statement.startswith("nothing comparable: head counts differ (A ")  # the exact reason

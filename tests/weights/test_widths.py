@@ -44,6 +44,9 @@ def test_width_pruned_and_healed_is_derived_with_kept_fraction(heal: int, a_dir:
     assert (w["d_a"], w["d_b"], w["kept_fraction"]) == (tt.HIDDEN, D_KEPT, D_KEPT / tt.HIDDEN)
     assert w["paired_dims"] >= D_KEPT - 2
     assert ev.details["mlp_kept_fraction"] == FF_KEPT / tt.FF
+    prune = next(t for t in r.transforms if t.kind == "prune")
+    assert prune.estimates["residual_kept_fraction"] == D_KEPT / tt.HIDDEN
+    assert prune.estimates["mlp_kept_fraction"] == FF_KEPT / tt.FF
 
 
 def test_model_of_the_pruned_shape_trained_from_scratch_is_not_derived(a_dir: Path, model_dir) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,11 @@ Wilkerson & Aiken, "Winnowing: Local Algorithms for Document Fingerprinting", SI
 method behind MOSS): any shared run of at least `WINDOW + K - 1` tokens is guaranteed to share a
 fingerprint. Shared fingerprints are verified token by token, chained into clone regions, and the
 identifiers at aligned positions give the rename map the copy implies.
+
+Every step is bounded (sizes, counts and time, the constants below): a file over a cap is
+skipped with its reason, and work left undone when a comparison-wide budget runs out is listed
+in `CodeComparison.skipped`, so a truncated result always says so. The per-pair caps are those the
+null sample (data/code_clone_null.json) was measured with; real modelling files never reach them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import ast
 import bisect
 import hashlib
 import json
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +35,16 @@ from modeltrace.errors import FormatError
 
 K = 24  # tokens per k-gram (an average source line is 6 to 10 tokens)
 WINDOW = 12  # winnowing window: runs of >= K + WINDOW - 1 = 35 shared tokens are always found
-MAX_FILE_BYTES = 2 * 1024 * 1024
-MAX_NODES = 300_000  # the largest transformers modeling file has about a tenth of that
+MAX_FILE_BYTES = 512 * 1024  # the largest transformers modeling file is 196 KB (4.27); bigger files are skipped
+MAX_NODES = 100_000  # a 196 KB modeling file has about 30,000; bigger trees are skipped
 MAX_DEPTH = 500
-MAX_FILES = 500
+MAX_FILES = 500  # per side; the rest are skipped (reported)
+MAX_TOTAL_BYTES = 8 * 1024 * 1024  # source read per side; files past it are skipped (reported)
+MAX_SECONDS = 60.0  # wall-clock budget of one load_files + compare_code; what is left is skipped (reported)
 MAX_SCORED_PAIRS = 2000  # file pairs verified token by token, those sharing most fingerprints first
+MAX_TOTAL_EXTEND_STEPS = 20_000_000  # token comparisons growing matches over all pairs of one comparison
+MAX_TOTAL_VOTE_POSITIONS = 5_000_000  # aligned positions read for renames over all pairs of one comparison
+MAX_OPEN_REGIONS = 64  # a match joins one of the 64 most recent clone regions (repetitive files make thousands)
 MIN_TOKENS_FOR_SIMILARITY = 200  # below this a file is too small for its shared fraction to mean much
 VOTE_MIN_RUN = K + WINDOW  # only matches this long vote on identifier renames
 MAX_PAIRS_PER_HASH = 8  # boilerplate repeated many times in one file must not explode the pairing
@@ -41,6 +52,21 @@ MAX_VOTE_POSITIONS = 500_000  # aligned positions read for identifier renames pe
 MAX_EXTEND_STEPS = 2_000_000  # token comparisons spent growing matches per file pair (repetitive files)
 _MOD = (1 << 61) - 1
 _BASE = 1_000_003
+
+
+@dataclass
+class CloneBudget:
+    """What one comparison may still spend: token comparisons, rename votes and wall-clock time.
+
+    Shared by every file pair of a comparison, so the caps bound the whole run, not each pair.
+    """
+
+    extend_steps: int = field(default_factory=lambda: MAX_TOTAL_EXTEND_STEPS)
+    vote_positions: int = field(default_factory=lambda: MAX_TOTAL_VOTE_POSITIONS)
+    deadline: float = field(default_factory=lambda: time.monotonic() + MAX_SECONDS)
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
 
 
 @dataclass(frozen=True)
@@ -246,8 +272,13 @@ def fingerprint(tokens: CodeTokens, k: int = K, window: int = WINDOW) -> Fingerp
 
 # --- comparison -----------------------------------------------------------------------------------
 
-def compare_fingerprints(fa: Fingerprint, fb: Fingerprint, k: int = K) -> FilePairSimilarity:
-    """Verified shared k-grams of two files, chained into regions, with identifier votes."""
+def compare_fingerprints(fa: Fingerprint, fb: Fingerprint, k: int = K,
+                         budget: CloneBudget | None = None) -> FilePairSimilarity:
+    """Verified shared k-grams of two files, chained into regions, with identifier votes.
+
+    `budget` is the comparison-wide budget that this pair draws on (a fresh one when None).
+    """
+    budget = CloneBudget() if budget is None else budget
     ta, tb = fa.tokens, fb.tokens
     pairs: list[tuple[int, int]] = []
     shared = 0
@@ -262,14 +293,15 @@ def compare_fingerprints(fa: Fingerprint, fb: Fingerprint, k: int = K) -> FilePa
                     pairs.append((pa, pb))
                     hit = True
         shared += hit
-    spans = _extend(pairs, ta.tokens, tb.tokens, k)
+    spans = _extend(pairs, ta.tokens, tb.tokens, k, budget)
     votes: dict[str, Counter[str]] = defaultdict(Counter)
-    budget = MAX_VOTE_POSITIONS
+    left = MAX_VOTE_POSITIONS
     for pa, pb, length in sorted(spans, key=lambda s: -s[2]):
-        if length < VOTE_MIN_RUN or budget <= 0:  # short runs align look-alike code as often as copied code
-            continue
+        if length < VOTE_MIN_RUN or left <= 0 or budget.vote_positions <= 0:
+            continue  # short runs align look-alike code as often as copied code
         names_a, names_b = ta.names[pa:pa + length], tb.names[pb:pb + length]
-        budget -= length
+        left -= length
+        budget.vote_positions -= length
         for na, nb in zip(names_a, names_b):
             if na is not None and nb is not None:
                 votes[na][nb] += 1
@@ -292,18 +324,22 @@ def _union_length(intervals: Iterable[tuple[int, int]]) -> int:
     return total
 
 
-def _extend(pairs: list[tuple[int, int]], a: Sequence[str], b: Sequence[str], k: int) -> list[tuple[int, int, int]]:
+def _extend(pairs: list[tuple[int, int]], a: Sequence[str], b: Sequence[str], k: int,
+            shared: CloneBudget) -> list[tuple[int, int, int]]:
     """Grow each verified k-gram match left and right while tokens agree (as MOSS's match display does).
 
-    Matches already inside a grown match on the same diagonal are skipped; the growing stops after
-    MAX_EXTEND_STEPS token comparisons, so a file repeating one line 100,000 times stays cheap.
+    Matches already inside a grown match on the same diagonal are skipped (pairs come in order of
+    A's position, so on one diagonal the grown matches are disjoint and increasing: comparing with
+    the last one's end suffices). Growing stops after MAX_EXTEND_STEPS token comparisons per pair and
+    when the comparison's shared budget is spent, so a file repeating one line 100,000 times stays cheap.
     """
     out: list[tuple[int, int, int]] = []
-    grown: dict[int, list[tuple[int, int]]] = defaultdict(list)  # diagonal -> [start, end) in A
-    budget = MAX_EXTEND_STEPS
+    grown_end: dict[int, int] = {}  # diagonal -> end in A of the last grown match on it
+    budget = min(MAX_EXTEND_STEPS, shared.extend_steps)
+    start_budget = budget
     for pa, pb in sorted(pairs):
         diag = pb - pa
-        if any(s <= pa < e for s, e in grown[diag]):
+        if pa < grown_end.get(diag, -1):
             continue
         s_a, s_b = pa, pb
         e_a, e_b = pa + k, pb + k
@@ -316,8 +352,9 @@ def _extend(pairs: list[tuple[int, int]], a: Sequence[str], b: Sequence[str], k:
                 e_a += 1
                 e_b += 1
                 budget -= 1
-        grown[diag].append((s_a, e_a))
+        grown_end[diag] = e_a
         out.append((s_a, s_b, e_a - s_a))
+    shared.extend_steps -= start_budget - budget
     return out
 
 
@@ -326,7 +363,7 @@ def _regions(pairs: list[tuple[int, int, int]], ta: CodeTokens, tb: CodeTokens) 
     gap = K + WINDOW
     open_regions: list[list[int]] = []  # [a_start, a_end, b_start, b_end, tokens]
     for pa, pb, length in sorted(pairs):
-        for r in open_regions:
+        for r in open_regions[-MAX_OPEN_REGIONS:]:
             if 0 <= pa - r[1] <= gap and 0 <= pb - r[3] <= gap or (r[0] <= pa <= r[1] and r[2] <= pb <= r[3]):
                 r[1] = max(r[1], pa + length)
                 r[3] = max(r[3], pb + length)
@@ -383,22 +420,45 @@ class CodeComparison:
     n_pairs: int
 
 
-def load_files(files: Sequence[tuple[Path, str]]) -> tuple[list[Fingerprint], list[str]]:
-    """Parse and fingerprint (path, label) files; unparseable ones are skipped with their reason."""
+def load_files(files: Sequence[tuple[Path, str]], budget: CloneBudget | None = None
+               ) -> tuple[list[Fingerprint], list[str]]:
+    """Parse and fingerprint (path, label) files; unparseable ones are skipped with their reason.
+
+    At most MAX_FILES files and MAX_TOTAL_BYTES of source are read, and none once `budget`'s time
+    is spent; what is left out is listed among the skipped, with the cap that stopped it.
+    """
+    budget = CloneBudget() if budget is None else budget
     prints: list[Fingerprint] = []
     skipped: list[str] = []
-    for path, label in list(files)[:MAX_FILES]:
+    total = 0
+    todo = list(files)
+    for n, (path, label) in enumerate(todo[:MAX_FILES]):
+        if budget.expired():
+            skipped.append(f"{len(todo[:MAX_FILES]) - n} more files not read: the {MAX_SECONDS:g}-second "
+                           "budget was spent")
+            break
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            skipped.append(f"{label}: cannot read: {exc.strerror or exc}")
+            continue
+        if size <= MAX_FILE_BYTES and total + size > MAX_TOTAL_BYTES:
+            skipped.append(f"{label}: not read, past the {MAX_TOTAL_BYTES}-byte cap on source per side")
+            continue
         try:
             prints.append(fingerprint(parse_file(path, label)))
+            total += size
         except FormatError as exc:
             skipped.append(str(exc))
-    if len(files) > MAX_FILES:
-        skipped.append(f"{len(files) - MAX_FILES} more files over the {MAX_FILES}-file cap")
+    if len(todo) > MAX_FILES:
+        skipped.append(f"{len(todo) - MAX_FILES} more files over the {MAX_FILES}-file cap")
     return prints, skipped
 
 
 def compare_code(prints_a: Sequence[Fingerprint], prints_b: Sequence[Fingerprint],
-                 skipped: Sequence[str] = ()) -> CodeComparison:
+                 skipped: Sequence[str] = (), budget: CloneBudget | None = None) -> CodeComparison:
+    """File pairs sharing fingerprints, scored most-shared first within `budget` (see the module doc)."""
+    budget = CloneBudget() if budget is None else budget
     index: dict[int, list[int]] = defaultdict(list)
     for i, fa in enumerate(prints_a):
         for h in fa.positions:
@@ -414,7 +474,18 @@ def compare_code(prints_a: Sequence[Fingerprint], prints_b: Sequence[Fingerprint
     if len(candidates) > MAX_SCORED_PAIRS:
         skipped.append(f"{len(candidates) - MAX_SCORED_PAIRS} file pairs sharing fewest fingerprints not scored "
                        f"(cap {MAX_SCORED_PAIRS})")
-    pairs = [compare_fingerprints(prints_a[i], prints_b[j]) for _, i, j in candidates[:MAX_SCORED_PAIRS]]
+    pairs: list[FilePairSimilarity] = []
+    todo = candidates[:MAX_SCORED_PAIRS]
+    for n, (_, i, j) in enumerate(todo):
+        if budget.expired():
+            skipped.append(f"{len(todo) - n} file pairs not scored: the {MAX_SECONDS:g}-second budget was spent")
+            break
+        pairs.append(compare_fingerprints(prints_a[i], prints_b[j], budget=budget))
+    if budget.extend_steps <= 0:
+        skipped.append(f"matches were not grown past the cap of {MAX_TOTAL_EXTEND_STEPS} token comparisons "
+                       "(repetitive files): shared code may be undercounted")
+    if budget.vote_positions <= 0:
+        skipped.append(f"identifier renames read from the first {MAX_TOTAL_VOTE_POSITIONS} aligned positions only")
     pairs.sort(key=lambda p: (-p.matched, p.a_file, p.b_file))
     renames = rename_map(p.renames for p in pairs if p.regions)
     return CodeComparison(pairs=tuple(pairs), renames=renames, skipped=tuple(skipped),

@@ -19,6 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modeltrace.errors import FormatError
+
 if TYPE_CHECKING:
     from modeltrace.model import Model
 
@@ -81,6 +83,11 @@ GENERIC_KEYS = frozenset({
 })
 RARE_MAX_CLASSES = 1  # a field defined by at most this many transformers config classes is "peculiar"
 MAX_VALUE_CHARS = 200
+MAX_AUTO_MAP = 64  # auto_map entries kept; more are refused (transformers defines a handful of Auto classes)
+# normalized fields that are counts or sizes: a value must be a number or null, else the file is malformed
+NUMERIC_FIELDS = frozenset({"hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                            "vocab_size", "max_positions", "rope_theta", "norm_eps", "head_dim", "num_experts",
+                            "experts_per_token", "type_vocab_size"})
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,72 @@ def _scalar(v: Any) -> Any:
         return v
     if isinstance(v, str):
         return v[:MAX_VALUE_CHARS]
-    return json.dumps(v, sort_keys=True, default=str)[:MAX_VALUE_CHARS]
+    return _preview(v)
+
+
+def _preview(v: Any) -> str:
+    """The first MAX_VALUE_CHARS characters of the JSON text of a list or object, made without
+    serialising the rest: a config value may be a 60 MB list or nested a thousand levels deep, and
+    this costs O(MAX_VALUE_CHARS) whatever the value (keys in sorted order, as json.dumps sort_keys)."""
+    out: list[str] = []
+    size = 0
+
+    def put(text: str) -> bool:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+        return size < MAX_VALUE_CHARS
+
+    def walk(x: Any, depth: int) -> bool:
+        if depth > 32:
+            return put("...")
+        if isinstance(x, dict):
+            if not put("{"):
+                return False
+            for i, k in enumerate(sorted(x) if len(x) <= 1000 else x):
+                if (i and not put(", ")) or not put(json.dumps(str(k)[:MAX_VALUE_CHARS]) + ": ") \
+                        or not walk(x[k], depth + 1):
+                    return False
+            return put("}")
+        if isinstance(x, list):
+            if not put("["):
+                return False
+            for i, y in enumerate(x):
+                if (i and not put(", ")) or not walk(y, depth + 1):
+                    return False
+            return put("]")
+        if isinstance(x, str):
+            return put(json.dumps(x[:MAX_VALUE_CHARS]))
+        return put(json.dumps(x) if isinstance(x, (bool, int, float)) or x is None else json.dumps(str(x)))
+
+    walk(v, 0)
+    return "".join(out)[:MAX_VALUE_CHARS]
+
+
+def _check_types(cfg: Mapping[str, Any], flat: Mapping[str, Any], path: Path | str) -> None:
+    """The fields modeltrace reads must have their JSON types: a clear error of the file, not a crash later."""
+    for key, want in (("model_type", str), ("_name_or_path", str), ("name_or_path", str), ("auto_map", dict),
+                      ("architectures", list)):
+        v = cfg.get(key)
+        if v is not None and not isinstance(v, want):
+            raise FormatError(path, f"{key} is {type(v).__name__}, expected {_JSON_TYPE[want]}")
+    am = cfg.get("auto_map")
+    if isinstance(am, dict):
+        if len(am) > MAX_AUTO_MAP:
+            raise FormatError(path, f"auto_map has {len(am)} entries, over the {MAX_AUTO_MAP} cap")
+        for k, v in am.items():
+            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, (str, type(None))) for x in v))):
+                raise FormatError(path, f"auto_map[{k[:60]!r}] is {type(v).__name__}, expected a string or a "
+                                  "list of strings")
+    for prefix in ("", *(sub + "." for sub in SUBCONFIGS)):
+        for name in NUMERIC_FIELDS:
+            for alias in ALIASES[name]:
+                v = flat.get(prefix + alias)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise FormatError(path, f"{prefix + alias} is {type(v).__name__}, expected a number")
+
+
+_JSON_TYPE = {str: "a string", dict: "an object", list: "a list"}
 
 
 def normalize(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,8 +232,10 @@ def from_gguf(meta: Mapping[str, Any], source: str) -> ConfigInfo | None:
                       name_or_path=general_name[:MAX_VALUE_CHARS] if isinstance(general_name, str) else None)
 
 
-def from_dict(cfg: Mapping[str, Any], source: str) -> ConfigInfo:
+def from_dict(cfg: Mapping[str, Any], source: str, path: Path | None = None) -> ConfigInfo:
+    """A config.json as ConfigInfo; a field of the wrong JSON type is a FormatError of `path` (or `source`)."""
     flat = _flatten(cfg)
+    _check_types(cfg, flat, path if path is not None else source)
     archs = cfg.get("architectures")
     am = cfg.get("auto_map")
     nop = cfg.get("_name_or_path", cfg.get("name_or_path"))
@@ -178,7 +252,7 @@ def read_config(model: Model) -> ConfigInfo | None:
     """config.json when present, else the GGUF header; None when the model has neither."""
     cfg = model.config
     if cfg is not None:
-        return from_dict(cfg, "config.json")
+        return from_dict(cfg, "config.json", model.file("config.json"))
     ggufs = [p for p in model.weight_files if p.suffix == ".gguf"]
     if ggufs:
         return from_gguf(model.source.metadata(), ggufs[0].name)

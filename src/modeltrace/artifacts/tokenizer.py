@@ -29,6 +29,9 @@ MAX_VOCAB = 4_000_000  # no released tokenizer comes near; a bigger list is host
 MAX_MERGES = 4_000_000
 MAX_TOKEN_CHARS = 4096
 MAX_TEMPLATE_CHARS = 1_000_000
+MAX_NAMED_TEMPLATES = 64  # chat_template as a list of {"name", "template"}: more entries are refused
+MAX_COMPONENT_DEPTH = 8  # nesting of normalizer / pre-tokenizer Sequences summarised; deeper is cut
+MAX_SPECIAL_TOKENS = 10_000  # additional_special_tokens kept; the rest are ignored (the count is kept)
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -139,19 +142,35 @@ def _merges_list(path: Path, raw: object, where: str) -> list[str]:
     return out
 
 
-def _component_summary(obj: object) -> str | None:
-    """A short name for a normalizer / pre-tokenizer object ("Sequence[NFC, Lowercase]")."""
+def _component_summary(obj: object, depth: int = 0) -> str | None:
+    """A short name for a normalizer / pre-tokenizer object ("Sequence[NFC, Lowercase]").
+
+    Descriptive only, so odd shapes give None rather than an error; nesting is cut at
+    MAX_COMPONENT_DEPTH ("[...]") and the name at 200 characters.
+    """
     if not isinstance(obj, dict):
         return None
     kind = obj.get("type")
     if not isinstance(kind, str):
         return None
+    kind = kind[:80]
     for key in ("normalizers", "pretokenizers"):
         subs = obj.get(key)
         if isinstance(subs, list):
-            names = [s for s in (_component_summary(x) for x in subs[:32]) if s]
-            return f"{kind}[{', '.join(names)}]"
+            if depth >= MAX_COMPONENT_DEPTH:
+                return f"{kind}[...]"
+            names = [s for s in (_component_summary(x, depth + 1) for x in subs[:32]) if s]
+            return f"{kind}[{', '.join(names)}]"[:200]
     return kind
+
+
+def _flag(path: Path, value: object, where: str) -> bool:
+    """A true/false field (`special`, `byte_fallback`); absent or null is false."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FormatError(path, f"{where} is {type(value).__name__}, expected true or false")
+    return value
 
 
 def _token_text(value: object) -> str | None:
@@ -178,7 +197,7 @@ def parse_tokenizer_json(path: Path) -> Tokenizer:
         kind = "bpe"
         vocab = _vocab_dict(path, model.get("vocab"), "model.vocab")
         merges = _merges_list(path, model.get("merges", []), "model.merges")
-        extra["byte_fallback"] = bool(model.get("byte_fallback", False))
+        extra["byte_fallback"] = _flag(path, model.get("byte_fallback"), "model.byte_fallback")
     elif mtype == "WordPiece":
         kind = "wordpiece"
         vocab = _vocab_dict(path, model.get("vocab"), "model.vocab")
@@ -194,12 +213,13 @@ def parse_tokenizer_json(path: Path) -> Tokenizer:
             raise FormatError(path, f"model.vocab has {len(raw)} entries, over the {MAX_VOCAB} cap")
         vocab = {}
         for i, entry in enumerate(raw):
-            if not (isinstance(entry, list) and len(entry) == 2):
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], (int, float))
+                    and not isinstance(entry[1], bool)):
                 raise FormatError(path, f"model.vocab[{i}] is not [piece, score]")
             vocab.setdefault(_check_token(path, entry[0], f"model.vocab[{i}]"), i)
         unk = model.get("unk_id")
-        if isinstance(unk, int):
-            extra["unk_id"] = unk
+        if unk is not None:
+            extra["unk_id"] = _check_id(path, unk, "model.unk_id")
     else:
         raise FormatError(path, f"unknown tokenizer model type {mtype!r:.40} (known: BPE, WordPiece, "
                           "WordLevel, Unigram)")
@@ -214,7 +234,7 @@ def parse_tokenizer_json(path: Path) -> Tokenizer:
             raise FormatError(path, f"added_tokens[{i}] is not an object")
         added.append(AddedToken(id=_check_id(path, t.get("id"), f"added_tokens[{i}]"),
                                 content=_check_token(path, t.get("content"), f"added_tokens[{i}]"),
-                                special=bool(t.get("special", False))))
+                                special=_flag(path, t.get("special"), f"added_tokens[{i}].special")))
     return Tokenizer(kind=kind, vocab=vocab, merges=merges, added_tokens=added,
                      normalizer=_component_summary(data.get("normalizer")),
                      pre_tokenizer=_component_summary(data.get("pre_tokenizer")),
@@ -422,7 +442,11 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], path: Path) -> Tokenizer | None
     if raw_types is not None:
         if not isinstance(raw_types, (list, tuple)) or len(raw_types) != len(tokens):
             raise FormatError(path, "GGUF key tokenizer.ggml.token_type does not list one type per token")
-        ttypes = [int(t) for t in raw_types]
+        for i, t in enumerate(raw_types):
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise FormatError(path, f"GGUF key tokenizer.ggml.token_type[{i}] is {type(t).__name__}, "
+                                  "expected an integer token type")
+        ttypes = list(raw_types)
     vocab: dict[str, int] = {}
     types: dict[int, str] = {}
     added: list[AddedToken] = []
@@ -451,15 +475,26 @@ def tokenizer_from_gguf(meta: Mapping[str, Any], path: Path) -> Tokenizer | None
 
 
 def _template(value: object, path: Path) -> str | None:
-    """chat_template is a string, or a list of {"name", "template"} (the "default" one is taken)."""
+    """chat_template is a string, or a list of {"name": str, "template": str} (the "default" one is taken).
+
+    Anything else (a name that is not a string, a list of lists) is a FormatError of `path`.
+    """
     if value is None:
         return None
     chosen: object = value
     if isinstance(value, list):
-        named = {e.get("name"): e.get("template") for e in value if isinstance(e, dict)}
-        chosen = named.get("default", next(iter(named.values()), None))
+        if not value or len(value) > MAX_NAMED_TEMPLATES:
+            raise FormatError(path, f"chat_template lists {len(value)} named templates; expected 1 to "
+                              f"{MAX_NAMED_TEMPLATES}")
+        named: dict[str, str] = {}
+        for i, e in enumerate(value):
+            if not (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("template"), str)):
+                raise FormatError(path, f'chat_template[{i}] is not {{"name": string, "template": string}}')
+            named.setdefault(e["name"], e["template"])
+        chosen = named.get("default", next(iter(named.values())))
     if not isinstance(chosen, str):
-        raise FormatError(path, "chat_template is neither a string nor a list of named templates")
+        raise FormatError(path, f"chat_template is {type(chosen).__name__}, neither a string nor a list of "
+                          "named templates")
     if len(chosen) > MAX_TEMPLATE_CHARS:
         raise FormatError(path, f"chat_template is {len(chosen)} characters, over the {MAX_TEMPLATE_CHARS} cap")
     return chosen
@@ -547,7 +582,7 @@ def _read_tokenizer(model: Model) -> Tokenizer | None:
             added.setdefault(tid, AddedToken(id=tid, content=content, special=False))
     if stm_path is not None:
         sources.append(stm_path.name)
-        _merge_special(read_json_object(stm_path), special)
+        _merge_special(read_json_object(stm_path), special, stm_path)
     if cfg_path is not None:
         sources.append(cfg_path.name)
         cfg = read_json_object(cfg_path)
@@ -563,9 +598,10 @@ def _read_tokenizer(model: Model) -> Tokenizer | None:
                     raise FormatError(cfg_path, f"added_tokens_decoder[{key}] has no 'content' string")
                 tid = _check_id(cfg_path, int(key), "added_tokens_decoder")
                 _check_token(cfg_path, text, f"added_tokens_decoder[{key}]")
-                special_flag = bool(val.get("special", False)) if isinstance(val, dict) else False
+                special_flag = _flag(cfg_path, val.get("special"), f"added_tokens_decoder[{key}].special") \
+                    if isinstance(val, dict) else False
                 added[tid] = AddedToken(id=tid, content=text, special=special_flag)
-        _merge_special(cfg, special)
+        _merge_special(cfg, special, cfg_path)
         if "chat_template" in cfg:
             chat_template = _template(cfg["chat_template"], cfg_path)
         am = cfg.get("auto_map")
@@ -576,6 +612,8 @@ def _read_tokenizer(model: Model) -> Tokenizer | None:
         tc = cfg.get("tokenizer_class")
         if isinstance(tc, str):
             tokenizer_class = tc[:200]
+        elif tc is not None:
+            raise FormatError(cfg_path, f"tokenizer_class is {type(tc).__name__}, not a string")
         for key in ("name_or_path", "_name_or_path"):
             if isinstance(cfg.get(key), str):
                 extra["name_or_path"] = cfg[key][:500]
@@ -592,14 +630,27 @@ def _read_tokenizer(model: Model) -> Tokenizer | None:
                      sources=tuple(dict.fromkeys(sources)), extra=extra)
 
 
-def _merge_special(data: Mapping[str, Any], special: dict[str, str]) -> None:
+def _special_text(path: Path, value: object, where: str) -> str | None:
+    """A special-token entry: null, a string or {"content": string, ...}; anything else is a FormatError."""
+    if value is None:
+        return None
+    text = _token_text(value)
+    if text is None:
+        raise FormatError(path, f'{where} is {type(value).__name__}, neither a string nor {{"content": string}}')
+    return _check_token(path, text, where)
+
+
+def _merge_special(data: Mapping[str, Any], special: dict[str, str], path: Path) -> None:
     for key in SPECIAL_KEYS:
-        text = _token_text(data.get(key))
+        text = _special_text(path, data.get(key), key)
         if text is not None:
-            special[key] = text[:MAX_TOKEN_CHARS]
+            special[key] = text
     extra = data.get("additional_special_tokens")
-    if isinstance(extra, list):
-        for i, v in enumerate(extra[:10_000]):
-            text = _token_text(v)
-            if text is not None:
-                special[f"additional_special_tokens[{i}]"] = text[:MAX_TOKEN_CHARS]
+    if extra is None:
+        return
+    if not isinstance(extra, list):
+        raise FormatError(path, f"additional_special_tokens is {type(extra).__name__}, not a list")
+    for i, v in enumerate(extra[:MAX_SPECIAL_TOKENS]):
+        text = _special_text(path, v, f"additional_special_tokens[{i}]")
+        if text is not None:
+            special[f"additional_special_tokens[{i}]"] = text

@@ -9,12 +9,12 @@ unknown base's own, and no p-value is given.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from modeltrace.artifacts.bases import PLACEHOLDER, BaseMatch, BaseTokenizer, identify_base
 from modeltrace.artifacts.tokenizer import Tokenizer
+from modeltrace.stats.nulls import fixed_point_tail
 
 # Special tokens so common that sharing one (at any id) says nothing.
 UBIQUITOUS = frozenset({"<s>", "</s>", "<unk>", "<pad>", "<mask>", "<eos>", "<bos>", "[PAD]", "[UNK]", "[CLS]",
@@ -69,16 +69,14 @@ def fixed_point_p(units: int, matched: int) -> float | None:
     that they chose the same strings, the ids follow from the order in which B lists them, and
     every order is equally likely. Conservative: it ignores that B also had to choose the same
     starting id (or the same reserved slots) as A, and it counts an <x> </x> pair as one unit.
-    Exact: sum over j >= matched of C(u, j) D(u - j) / u!, with D the derangement numbers.
+
+    This is the fixed-point law of `modeltrace.stats.nulls` with all `units` of `units` items
+    matched (m = n): exact up to `nulls.EXACT_LIMIT` units, Markov's bound C(u, k) (u-k)!/u! = 1/k!
+    above it (valid, conservative), so memory and time stay bounded for any number of tokens.
     """
     if units < 2 or matched < 1:
         return None
-    der = [1, 0]
-    for n in range(2, units + 1):
-        der.append((n - 1) * (der[-1] + der[-2]))
-    total = math.factorial(units)
-    hits = sum(math.comb(units, j) * der[units - j] for j in range(matched, units + 1))
-    return hits / total
+    return fixed_point_tail(matched, units, units)
 
 
 def _why_standard(content: str, tid: int, base: BaseTokenizer | None) -> str | None:

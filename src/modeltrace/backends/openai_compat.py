@@ -4,7 +4,9 @@ Chat and completions, images as data URLs where the endpoint takes them, log-pro
 where offered. API keys come from the environment (never from the command line, so they do
 not land in shell history or reports). A thread pool bounds concurrency; 429 and 5xx answers,
 timeouts and dropped connections are retried with exponential backoff and jitter, honouring
-Retry-After; malformed answers are retried too, then reported as a BackendError.
+Retry-After; malformed answers are retried too, then reported as a BackendError. Other 4xx
+answers are not retried. The retry policy is tenacity's (stop, wait and retry strategies), not a
+hand-written loop.
 Payload building and response parsing are separate pure functions, tested on their own.
 """
 
@@ -13,8 +15,6 @@ from __future__ import annotations
 import base64
 import mimetypes
 import os
-import random
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
@@ -23,6 +23,26 @@ from modeltrace.backends.base import Backend, Request, Response
 from modeltrace.errors import BackendError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_WAIT_S = 30.0  # longest pause between two tries, Retry-After included
+
+
+class _Retryable(Exception):
+    """One try failed in a way worth another: a 429/5xx answer, a timeout, a dropped connection, a bad body."""
+
+    def __init__(self, why: str, retry_after: float | None = None) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header given in seconds (the HTTP-date form is ignored: the backoff applies)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
 
 
 def build_payload(model: str, req: Request) -> tuple[str, dict[str, Any]]:
@@ -101,40 +121,48 @@ class OpenAICompatBackend(Backend):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
-        self._rng = random.Random(0)
 
     @property
     def identity(self) -> str:
         return f"openai:{self.base_url}#{self.model}"
 
-    def _one(self, req: Request) -> Response:
+    def _wait(self, state: Any) -> float:
+        """Exponential backoff with jitter (tenacity), or the endpoint's Retry-After when that is longer."""
+        import tenacity
+
+        backoff = tenacity.wait_exponential_jitter(initial=self.backoff, max=MAX_WAIT_S, jitter=self.backoff)(state)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        after = exc.retry_after if isinstance(exc, _Retryable) else None
+        return min(MAX_WAIT_S, max(backoff, after or 0.0))
+
+    def _try(self, path: str, body: dict[str, Any]) -> Response:
+        """One request: the Response, a _Retryable failure, or a BackendError that is final (4xx)."""
         import httpx
 
+        try:
+            r = self._client.post(path, json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        if r.status_code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {r.status_code}", retry_after_seconds(r.headers.get("retry-after")))
+        if r.status_code >= 400:
+            raise BackendError(f"{self.base_url}{path}: HTTP {r.status_code}: {r.text[:300]}")
+        try:
+            return parse_response(path, r.json())
+        except (ValueError, BackendError) as exc:
+            raise _Retryable(f"malformed answer: {exc}") from exc
+
+    def _one(self, req: Request) -> Response:
+        import tenacity
+
         path, body = build_payload(self.model, req)
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self.backoff * (2 ** (attempt - 1)) * (1 + self._rng.random())
-                time.sleep(min(delay, 30.0))
-            try:
-                r = self._client.post(path, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if r.status_code in RETRY_STATUS:
-                last = f"HTTP {r.status_code}"
-                ra = r.headers.get("retry-after")
-                if ra and ra.replace(".", "", 1).isdigit():
-                    time.sleep(min(float(ra), 30.0))
-                continue
-            if r.status_code >= 400:
-                raise BackendError(f"{self.base_url}{path}: HTTP {r.status_code}: {r.text[:300]}")
-            try:
-                return parse_response(path, r.json())
-            except (ValueError, BackendError) as exc:
-                last = f"malformed answer: {exc}"
-                continue
-        raise BackendError(f"{self.base_url}{path}: gave up after {self.max_retries + 1} tries ({last})")
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.max_retries + 1), wait=self._wait,
+                                     retry=tenacity.retry_if_exception_type(_Retryable))
+        try:
+            return retrying(self._try, path, body)
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise BackendError(f"{self.base_url}{path}: gave up after {self.max_retries + 1} tries ({last})") from last
 
     def generate(self, requests: Sequence[Request],
                  on_response: Callable[[int, Response], None] | None = None) -> list[Response]:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "bench": "modeltrace.cli.bench_cmd:bench",
     "probe": "modeltrace.cli.probe_cmd:probe",
     "same-model": "modeltrace.cli.same_model_cmd:same_model",
+    "report": "modeltrace.cli.report_cmd:report",
 }
 
 
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        return cli.main(args=args, prog_name="modeltrace", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="modeltrace", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            sys.exit(rv)  # a command's ctx.exit(2) comes back as a return value here, not as SystemExit
+        return rv
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -1,6 +1,8 @@
 """`modeltrace compare A B`: is B derived from A? The verdict first, then the evidence behind it.
 
-`--json` prints the canonical result (schema ``modeltrace.compare/1``). The exit status is 0
+`--json` prints the canonical result (schema ``modeltrace.compare/1``), `--json FILE` writes it;
+`--report FILE` and `--md FILE` write the HTML and Markdown reports rendered from it (any
+combination; writing any file turns on the sha256 of every input). The exit status is 0
 whatever the verdict; 2 for bad input (a missing file, a malformed checkpoint, an unknown method).
 """
 
@@ -20,8 +22,9 @@ from rich.text import Text
 from modeltrace.compare import DEFAULT_THRESHOLD, CompareResult
 from modeltrace.compare import compare as run_compare
 from modeltrace.errors import ModelTraceError
+from modeltrace.inspect import parse_artifacts
 from modeltrace.model import Model
-from modeltrace.textsafe import escape
+from modeltrace.textsafe import dumps, escape
 
 VERDICT_STYLE = {"derived": "bold red", "independent": "bold green", "inconclusive": "bold yellow"}
 LAYER_ROWS_SHOWN = 40
@@ -101,14 +104,20 @@ def render(result: CompareResult, console: Console) -> None:
 @click.command("compare")
 @click.argument("model_a", metavar="A")
 @click.argument("model_b", metavar="B")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema modeltrace.compare/1).")
+@click.option("--json", "as_json", is_flag=False, flag_value="-", default=None, metavar="[FILE]",
+              help="The canonical JSON (schema modeltrace.compare/1): printed, or written to FILE.")
+@click.option("--report", "html_out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the HTML report (one self-contained file).")
+@click.option("--md", "md_out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the Markdown report (pictures in a folder beside it).")
 @click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True, callback=_threshold,
               help="Combined p-value below which B is called derived.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 @click.option("--method", "methods", multiple=True, metavar="NAME",
               help="Run only these evidence methods (repeatable); default: all.")
 @click.option("--download", is_flag=True, help="Allow fetching hf: references that are not in the local cache.")
-@click.option("--hash", "hash_files", is_flag=True, help="Record the sha256 of every weight file read.")
+@click.option("--hash/--no-hash", "hash_files", default=None,
+              help="Record the sha256 of every input file (default: on when a report or JSON file is written).")
 @click.option("--probes", type=click.Path(exists=True, path_type=Path), metavar="SET",
               help="A probe set with known answers: run the shared-mistakes and canary tests on it.")
 @click.option("--behaviour", is_flag=True,
@@ -132,8 +141,9 @@ def render(result: CompareResult, console: Console) -> None:
 @click.option("--no-controls", "no_controls", is_flag=True,
               help="Skip the positive controls (faster; without them nothing is called independent).")
 @click.pass_context
-def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, threshold: float, seed: int,
-            methods: tuple[str, ...], download: bool, hash_files: bool, probes: Path | None, behaviour: bool,
+def compare(ctx: click.Context, model_a: str, model_b: str, as_json: str | None, html_out: Path | None,
+            md_out: Path | None, threshold: float, seed: int,
+            methods: tuple[str, ...], download: bool, hash_files: bool | None, probes: Path | None, behaviour: bool,
             references: tuple[str, ...], other: tuple[str, ...], code: tuple[str, ...], prompts: int,
             chat: bool, top_logprobs: int | None, cache: Path | None, no_controls: bool) -> None:
     """Is model B derived from model A? Weight, artifact and (when asked) behaviour evidence.
@@ -153,6 +163,9 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
         options["cache"] = str(cache)
     if other:
         options["other"] = other[0] if len(other) == 1 else list(other)
+    files_out = {"html": html_out, "markdown": md_out, "json": None if as_json in (None, "-") else Path(as_json)}
+    if hash_files is None:
+        hash_files = any(files_out.values())
     try:
         opened = []
         for side, ref in (("a", model_a), ("b", model_b)):
@@ -163,9 +176,9 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
                 opened.append(Model.open(ref, allow_download=download))
         a, b = opened
         try:
-            for m in (a, b):  # a malformed checkpoint is bad input (exit 2), not a finding
-                if m.weight_files:
-                    m.source.infos()
+            for side, m in (("a", a), ("b", b)):  # a file inspect rejects is bad input (exit 2), not a finding
+                if f"endpoint_{side}" not in options:
+                    parse_artifacts(m)
             result = run_compare(a, b, methods=list(methods) or None, threshold=threshold, seed=seed,
                                  options=options, hash_files=hash_files, controls=not no_controls)
         finally:
@@ -177,15 +190,50 @@ def compare(ctx: click.Context, model_a: str, model_b: str, as_json: bool, thres
             click.echo(f"hint: {escape(exc.hint, limit=2000)}", err=True)
         ctx.exit(2)
         return
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, default=_jsonable))
+    record_provenance(result, ctx, options, hash_files)
+    if as_json == "-":
+        click.echo(_jsonable(result.to_json()))
     else:
         render(result, Console(file=sys.stdout, highlight=False, soft_wrap=False))
+    if any(files_out.values()):
+        from modeltrace.report import write_all
+
+        canonical = json.loads(_jsonable(result.to_json()))
+        for path in write_all(canonical, files_out):
+            click.echo(f"wrote {escape(path, limit=2000)}", err=True)
 
 
-def _jsonable(obj: object) -> object:
-    """numpy scalars and arrays that slip into details become plain JSON values."""
-    tolist = getattr(obj, "tolist", None)
-    if callable(tolist):
-        return tolist()
-    return str(obj)
+def record_provenance(result: CompareResult, ctx: click.Context, options: dict[str, Any], hash_files: bool) -> None:
+    """The exact command, the settings `report verify` re-runs with, and the extra inputs (code, probes)."""
+    from modeltrace.compare import extra_inputs
+
+    p = ctx.params
+    argv = ["modeltrace", "compare", p["model_a"], p["model_b"], "--seed", str(p["seed"]),
+            "--threshold", repr(p["threshold"])]
+    for name in p["methods"]:
+        argv += ["--method", name]
+    for flag in ("download", "behaviour", "chat"):
+        argv += [f"--{flag}"] if p[flag] else []
+    for key in ("probes", "prompts", "top_logprobs", "cache"):
+        argv += [f"--{key.replace('_', '-')}", str(p[key])] if p[key] is not None else []
+    argv += ["--no-controls"] if p["no_controls"] else []
+    for key, values in (("reference", p["references"]), ("code", p["code"]), ("other", p["other"])):
+        for v in values:
+            argv += [f"--{key}", v]
+    typed = Path(sys.argv[0])
+    as_typed = typed.name == "modeltrace" or (typed.name == "__main__.py" and typed.parent.name == "modeltrace")
+    result.command = ["modeltrace", *sys.argv[1:]] if as_typed else argv
+
+    def where(ref: str) -> str:  # a local path, absolute, so verify works from any folder
+        return str(Path(ref).absolute()) if Path(ref).exists() else ref
+
+    result.settings = {"a": where(p["model_a"]), "b": where(p["model_b"]), "methods": list(p["methods"]),
+                       "seed": p["seed"], "download": False, "controls": not p["no_controls"],
+                       "options": {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | list)}}
+    result.inputs.update(extra_inputs(options, hash_files))
+
+
+def _jsonable(doc: dict[str, Any]) -> str:
+    """The canonical JSON text: numpy values made plain, NaN and Infinity written as null (never as
+    the non-JSON tokens), and `allow_nan=False` so a value that slips through fails loudly."""
+    return dumps(doc, indent=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +9,7 @@ import click
 
 from modeltrace.inspect import InspectReport, inspect_model
 from modeltrace.model import Model
-from modeltrace.textsafe import escape
+from modeltrace.textsafe import dumps, escape
 
 if TYPE_CHECKING:  # rich is imported only when tables are printed, so --json starts faster
     from rich.console import Console
@@ -119,7 +118,7 @@ def inspect(ref: str, as_json: bool, hash_files: bool, download: bool) -> None:
     with Model.open(ref, allow_download=download) as model:
         report = inspect_model(model, hash_files=hash_files)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=True))
+        click.echo(dumps(report.to_json(), indent=2))
     else:
         from rich.console import Console
 

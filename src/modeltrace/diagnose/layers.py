@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,3 +111,16 @@ def _longest_increasing(seq: list[int]) -> list[int]:
         out.append(seq[k])
         k = prev[k]
     return out[::-1]
+
+
+def score_matrices(maps: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The layer-correspondence score matrices as JSON, per component (descriptive, for reports).
+
+    `maps` is component -> `weights.layers.LayerMap`. Cells that were not computed (the diagonal was
+    enough) are None; `full` says whether the off-diagonal cells were filled."""
+    out: dict[str, dict[str, Any]] = {}
+    for comp, lm in maps.items():
+        s = np.asarray(lm.scores, dtype=np.float64)
+        out[comp] = {"a_layers": list(lm.a_layers), "b_layers": list(lm.b_layers), "full": bool(lm.full),
+                     "scores": [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in s]}
+    return out

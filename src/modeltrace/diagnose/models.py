@@ -122,6 +122,8 @@ class ModelDiagnosis:
                 **({"rel_change": _r(s.change.rel_change), "corr": _r(s.change.corr)} if s.change is not None else {}),
                 **({"rank": s.change.rank.rank} if s.change is not None and s.change.rank is not None else {}),
                 **({"permuted": True} if s.permuted else {}),
+                **({"delta_hist": {"half_width_rel": s.noise.delta_hist[0], "counts": list(s.noise.delta_hist[1])}}
+                   if s.noise is not None and s.noise.delta_hist is not None else {}),
             })
         out: dict[str, Any] = {"tensors": len(self.pairs), "per_tensor": rows, "notes": self.notes}
         if self.noise is not None:

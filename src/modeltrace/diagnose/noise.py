@@ -35,6 +35,8 @@ EDGE_RATIO_MAX = 1.15  # top singular value over the Marchenko-Pastur edge still
 GRID_EDGE_MAX = 2.0  # the same when B went through float rounding, whose error varies from row to row
 MIN_CHANGED = 20  # positions that must differ from round(A) for the rounding fit to say anything
 MIN_ELEMENTS = 256
+HIST_BINS = 41
+HIST_SPAN = 5.0  # the histogram covers +-5 standard deviations of B - A
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class TensorNoise:
     looks_noise: bool
     reason: str
     informative: bool = True  # False when too few positions changed to judge (rounding hid the rest)
+    # descriptive, for reports: counts of (B - A) / std(A) in HIST_BINS equal bins over [-w, w]
+    delta_hist: tuple[float, tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,18 @@ def _moments(e: np.ndarray) -> tuple[float, float]:
     skew = float(np.mean(c2 * c)) / v**1.5
     kurt = float(np.mean(c2 * c2)) / v**2 - 3.0
     return skew, kurt
+
+
+def delta_histogram(e: np.ndarray, sa: float) -> tuple[float, tuple[int, ...]] | None:
+    """Counts of e / sa in HIST_BINS equal bins over +-HIST_SPAN std(e) / sa: the B - A histogram a report draws.
+
+    Values outside the range are not counted (at 5 sigma there are none for Gaussian noise)."""
+    se = float(np.std(e))
+    if sa <= 0.0 or se <= 0.0 or not math.isfinite(se / sa):
+        return None
+    w = HIST_SPAN * se / sa
+    counts, _ = np.histogram(e / sa, bins=HIST_BINS, range=(-w, w))
+    return float(f"{w:.6g}"), tuple(int(c) for c in counts)
 
 
 def edge_ratio(delta: np.ndarray, *, seed: int = 0) -> float | None:
@@ -112,6 +128,7 @@ def tensor_noise(a: np.ndarray, b: np.ndarray, *, seed: int = 0, spectrum: bool 
     if n < MIN_ELEMENTS or sa == 0.0 or se == 0.0:
         why = ("too few elements" if n < MIN_ELEMENTS else "A is constant" if sa == 0.0 else "B equals A")
         return TensorNoise(n, se, rel, 0.0, 0.0, 0.0, 0.0, None, False, why)
+    hist = delta_histogram(e, sa)
     r = pearson(e, fa) or 0.0
     r2 = pearson(e * e, fa * fa) or 0.0
     skew, kurt = _moments(e)
@@ -150,10 +167,11 @@ def tensor_noise(a: np.ndarray, b: np.ndarray, *, seed: int = 0, spectrum: bool 
             if fit is not None and fit.fits:
                 return TensorNoise(n, fit.sigma, fit.sigma / sa, r, r2, skew, kurt, er, True,
                                    f"B = {grid}(A + Gaussian noise of {fit.sigma / sa:.3g} x std(A)): the noise "
-                                   f"level fitted through the {grid} rounding of B (maximum likelihood)")
+                                   f"level fitted through the {grid} rounding of B (maximum likelihood)",
+                                   delta_hist=hist)
             if fit is not None:
                 reason += f"; not Gaussian noise seen through {grid} rounding either ({fit.reason})"
-    return TensorNoise(n, se, rel, r, r2, skew, kurt, er, ok, reason)
+    return TensorNoise(n, se, rel, r, r2, skew, kurt, er, ok, reason, delta_hist=hist)
 
 
 def _low_rank_spike(delta: np.ndarray) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modeltrace.artifacts.code import (
+    CloneBudget,
     FilePairSimilarity,
     compare_code,
     load_files,
@@ -20,15 +21,16 @@ from modeltrace.textsafe import escape
 NULL_CODE = "B's Python code was written independently of A's"
 MAX_REPORTED_PAIRS = 10
 MAX_REPORTED_REGIONS = 8
+SNIPPETS, SNIPPET_LINES = 2, 40  # the largest clone regions, as text, so a report can show them side by side
 CLONE_ALPHA = 0.01  # file pairs this unlikely under the null feed the rename map and regions
 
 
-def powered_threshold() -> float:
-    """The verdict threshold compare uses by default: a test whose smallest possible p-value is above
-    it cannot decide on its own, so it reports powered=False."""
+def powered_threshold(ctx: CompareContext) -> float:
+    """The verdict threshold of this compare (`--threshold`): a test whose smallest possible p-value is
+    above it cannot decide on its own, so it reports powered=False."""
     from modeltrace.compare import DEFAULT_THRESHOLD
 
-    return DEFAULT_THRESHOLD
+    return float(ctx.options.get("threshold", DEFAULT_THRESHOLD))
 
 
 def _files(model: Model, extra: list[str]) -> list[tuple[Path, str]]:
@@ -83,13 +85,14 @@ class CodeCloneMethod(EvidenceMethod):
 
     def run(self, ctx: CompareContext) -> Evidence:
         ea, eb = _extra(ctx.options)
-        prints_a, skipped_a = load_files(_files(ctx.a, ea))
-        prints_b, skipped_b = load_files(_files(ctx.b, eb))
+        budget = CloneBudget()  # one budget of size, count and time for the whole method (artifacts.code)
+        prints_a, skipped_a = load_files(_files(ctx.a, ea), budget)
+        prints_b, skipped_b = load_files(_files(ctx.b, eb), budget)
         skipped = [f"A: {s}" for s in skipped_a] + [f"B: {s}" for s in skipped_b]
         if not prints_a or not prints_b:
             return Evidence.skipped(self.name, "no parseable Python files on one side: " + "; ".join(
                 escape(s) for s in skipped[:4]), kind=self.kind)
-        cmp = compare_code(prints_a, prints_b, skipped)
+        cmp = compare_code(prints_a, prints_b, skipped, budget)
         null = null_sample()
         n_pairs = cmp.n_pairs
         if not cmp.pairs:
@@ -119,6 +122,7 @@ class CodeCloneMethod(EvidenceMethod):
             "rename_map": {escape(k, 80): escape(v, 80) for k, v in list(renames.items())[:200]},
             "files": {"a": cmp.n_files_a, "b": cmp.n_files_b}, "pairs_compared": n_pairs,
             "skipped_files": [escape(s) for s in cmp.skipped[:50]],
+            "clone_snippets": _snippets(regions[:SNIPPETS], _files(ctx.a, ea), _files(ctx.b, eb)),
             "null": {"pairs": len(null[0]), "source": "modeltrace/artifacts/data/code_clone_null.json",
                      "p_floor": floor} if null[0] else None,
             "p_value_method": "per file pair 2 * min(p of matched tokens, p of shared fraction) against "
@@ -126,7 +130,7 @@ class CodeCloneMethod(EvidenceMethod):
         }
         return Evidence(method=self.name, status="ok", statement=statement, null_hypothesis=self.null_hypothesis,
                         statistic=best.similarity, p_value=p, kind=self.kind,
-                        powered=floor is not None and floor <= powered_threshold(), details=details)
+                        powered=floor is not None and floor <= powered_threshold(ctx), details=details)
 
     @staticmethod
     def _pair(q: FilePairSimilarity, p: float | None) -> dict[str, Any]:
@@ -155,3 +159,24 @@ class CodeCloneMethod(EvidenceMethod):
             if len(renames) > 4:
                 s += f" and {len(renames) - 4} more"
         return s
+
+
+def _snippets(regions: list[Any], files_a: list[tuple[Path, str]], files_b: list[tuple[Path, str]]) -> list[dict[str, Any]]:
+    """The source lines of each region on both sides (descriptive, capped; never run, escaped by reporters)."""
+    from modeltrace.artifacts.code import MAX_FILE_BYTES
+    from modeltrace.artifacts.files import read_bytes
+
+    def text(files: list[tuple[Path, str]], label: str, lines: tuple[int, int]) -> str | None:
+        path = next((p for p, lab in files if lab == label), None)
+        if path is None:
+            return None
+        src = read_bytes(path, MAX_FILE_BYTES).decode("utf-8", "replace").splitlines()
+        return "\n".join(src[lines[0] - 1:min(lines[1], lines[0] - 1 + SNIPPET_LINES)])
+
+    out = []
+    for r in regions:
+        ta, tb = text(files_a, r.a_file, r.a_lines), text(files_b, r.b_file, r.b_lines)
+        if ta is not None and tb is not None:
+            out.append({**r.to_json(), "a_first_line": r.a_lines[0], "b_first_line": r.b_lines[0],
+                        "a_text": ta, "b_text": tb})
+    return out

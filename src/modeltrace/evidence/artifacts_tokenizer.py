@@ -6,7 +6,7 @@ import math
 from typing import Any, ClassVar
 
 from modeltrace.artifacts.bases import BaseMatch, known_bases
-from modeltrace.artifacts.chat_template import compare_templates
+from modeltrace.artifacts.chat_template import MAX_COMPARE_CHARS, SHINGLE, compare_templates
 from modeltrace.artifacts.config import auto_map_modules, auto_map_repos, read_config
 from modeltrace.artifacts.refs import a_module_names, names_of, points_at
 from modeltrace.artifacts.tokenizer import Tokenizer, read_tokenizer
@@ -61,7 +61,7 @@ class TokenizerMatchMethod(EvidenceMethod):
         extra = ctx.options.get("tokenizer_bases")  # more BaseTokenizer entries, on top of the shipped table
         cmp = compare_tokenizers(ta, tb, known_bases() + tuple(extra) if extra else None)
         refs = self._references(ctx, tb)
-        return self._evidence(ta, tb, cmp, refs)
+        return self._evidence(ta, tb, cmp, refs, powered_threshold(ctx))
 
     def _references(self, ctx: CompareContext, tb: Tokenizer) -> list[str]:
         a_modules = a_module_names(ctx.a)
@@ -82,7 +82,8 @@ class TokenizerMatchMethod(EvidenceMethod):
                        for r in repos if points_at(r, a_names))
         return out
 
-    def _evidence(self, ta: Tokenizer, tb: Tokenizer, cmp: TokenizerComparison, refs: list[str]) -> Evidence:
+    def _evidence(self, ta: Tokenizer, tb: Tokenizer, cmp: TokenizerComparison, refs: list[str],
+                  threshold: float) -> Evidence:
         parts = list(refs)
         custom_same = cmp.custom_same_id
         base_name = cmp.base_a.base.name if cmp.base_a and cmp.base_b and \
@@ -115,7 +116,9 @@ class TokenizerMatchMethod(EvidenceMethod):
             tc = compare_templates(ta.chat_template, tb.chat_template)
             template = {"identical_raw": tc.identical_raw, "identical_normalized": tc.identical_normalized,
                         "similarity": tc.similarity, "sha256_a": tc.sha256_a, "sha256_b": tc.sha256_b,
-                        "style_a": tc.style_a, "style_b": tc.style_b}
+                        "style_a": tc.style_a, "style_b": tc.style_b, "truncated": tc.truncated,
+                        "similarity_method": f"Dice coefficient of {SHINGLE}-character shingles of the normalized "
+                                             f"templates (their first {MAX_COMPARE_CHARS} characters)"}
             if tc.identical_normalized:
                 parts.append("identical chat templates after normalization"
                              + (f" (the common {tc.style_a} style)" if tc.style_a else ""))
@@ -126,7 +129,12 @@ class TokenizerMatchMethod(EvidenceMethod):
             "kind": {"a": ta.kind, "b": tb.kind}, "sources": {"a": list(ta.sources), "b": list(tb.sources)},
             "vocab_size": {"a": cmp.size_a, "b": cmp.size_b}, "shared_tokens": cmp.shared_tokens,
             "jaccard": cmp.jaccard, "same_id_fraction": cmp.same_id_fraction, "identical_vocab": cmp.identical_vocab,
-            "merges": {"a": cmp.merges_a, "b": cmp.merges_b, "identical_prefix": cmp.merge_prefix},
+            "merges": {"a": cmp.merges_a, "b": cmp.merges_b, "identical_prefix": cmp.merge_prefix,
+                       # for reports, when the lists part: the first merges where they do
+                       **({"first_differing": {side: [escape(m, 80) for m in
+                                                      t.merges[cmp.merge_prefix:cmp.merge_prefix + 5]]
+                                               for side, t in (("a", ta), ("b", tb))}}
+                          if cmp.merge_prefix < max(cmp.merges_a, cmp.merges_b) else {})},
             "base": {"a": _base(cmp.base_a), "b": _base(cmp.base_b)},
             "added_tokens_side_by_side": [
                 {"content": escape(s.content, 80), "id_a": s.id_a, "id_b": s.id_b, "custom": s.custom, "why": s.why}
@@ -145,4 +153,4 @@ class TokenizerMatchMethod(EvidenceMethod):
         return Evidence(method=self.name, status="ok", statement="; ".join(parts),
                         null_hypothesis=self.null_hypothesis, statistic=float(len(custom_same)), p_value=p,
                         kind=self.kind, powered=p is not None and cmp.units > 0 and
-                        1 / math.factorial(cmp.units) <= powered_threshold(), details=details)
+                        -math.lgamma(cmp.units + 1) <= math.log(threshold), details=details)

@@ -5,7 +5,19 @@
 - `output-agreement`: agreement of greedy continuations on many prompts, tested against the
   agreement of reference models known to be unrelated (after Nikolić et al., "Model Provenance
   Testing for Large Language Models", 2025).
-Both run only when asked (`--behaviour`, `--probes`), since they cost model queries.
+- `canary-recall`: B's accuracy on invented facts only A was trained on, against guessing.
+All run only when asked (`--behaviour`, `--probes`), since they cost model queries.
+
+Rules every test here keeps (so that no p-value decides more than it can stand for):
+- a null measured on reference models needs at least two of them (`MIN_REFERENCES`); with fewer the
+  test is skipped with the reason, before any query is spent;
+- p-values come from exact tests (binomial, Fisher, Poisson-binomial), never from normal tails;
+- `powered` means the smallest p-value the test can reach on this many prompts or items is below
+  the threshold (`--threshold`) *and* an exact copy of A (A's own answers in B's place, scored against
+  the same references) would have been caught (`with_copy_control`); the statement says which failed;
+- a NaN p-value is an error, never p = 1 (`stats.exact.checked`);
+- `controls` re-scores the answers already collected with A's own answers in B's place: what an exact
+  copy of A would have scored against the same references (a positive control that costs no query).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,11 +33,53 @@ from scipy import stats as _st
 
 from modeltrace.backends.base import Backend, Request
 from modeltrace.backends.resolve import cached, open_backend
-from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
+from modeltrace.evidence.base import CompareContext, ControlOutcome, Evidence, EvidenceMethod
 from modeltrace.probes.mistakes import poisson_binomial_sf, shared_mistakes
 from modeltrace.probes.probeset import ProbeItem, load_probe_set
 from modeltrace.probes.prompts import generic_prompts
-from modeltrace.stats.combine import floor
+from modeltrace.stats.combine import P_FLOOR
+from modeltrace.stats.exact import checked, sign_test_floor, sign_test_p, units_needed
+
+MIN_REFERENCES = 2  # one reference is one draw of "an unrelated model": no measure of how unrelated models vary
+DEFAULT_THRESHOLD = 1e-6
+
+
+def threshold_of(ctx: CompareContext) -> float:
+    """The verdict threshold (`--threshold`) every power and control check uses."""
+    return float(ctx.options.get("threshold", DEFAULT_THRESHOLD))
+
+
+def references_missing(ctx: CompareContext) -> str | None:
+    """Why a reference-based test cannot run (fewer than MIN_REFERENCES given), or None."""
+    n = len(ctx.options.get("references") or [])
+    if n < MIN_REFERENCES:
+        return (f"needs at least {MIN_REFERENCES} reference models known to be unrelated to A and B "
+                f"(--reference, given {n}): the null is measured on them")
+    return None
+
+
+def with_copy_control(method: EvidenceMethod, ctx: CompareContext, ev: Evidence) -> Evidence:
+    """`ev`, powered only if its cheap copy control (A's own data in B's place) was detected as well.
+
+    A test whose smallest attainable p is below the threshold can still be blind here: references
+    that answer like A leave too few prompts on which even an exact copy could differ from them.
+    """
+    copies = [c for c in method.controls(ctx, ev) if c.kind == "copy"]
+    if not copies:
+        return ev
+    p = max(c.p_value for c in copies)
+    details = {**ev.details, "copy_control_p": p}
+    if not ev.powered or all(c.detected for c in copies):
+        return replace(ev, details=details)
+    return replace(ev, powered=False, details=details,
+                   statement=ev.statement + f" (not powered: an exact copy of A would reach only p = {p:.3g} "
+                                            f"here, not p < {threshold_of(ctx):g})")
+
+
+def power_note(n: int, what: str, floor_p: float, threshold: float) -> str:
+    """The sentence a test adds when n prompts or items cannot reach the threshold."""
+    return (f" (not powered: {n} {what} cannot reach p < {threshold:g}; the smallest attainable p is "
+            f"{floor_p:.3g}" + (f", {units_needed(threshold)} {what} needed)" if what == "prompts" else ")"))
 
 
 def backends(ctx: CompareContext) -> tuple[Backend, Backend]:
@@ -93,7 +148,7 @@ class SharedMistakesMethod(EvidenceMethod):
     def needs(self, ctx: CompareContext) -> str | None:
         if not ctx.options.get("probes"):
             return "no probe set given (--probes SET)"
-        return None
+        return references_missing(ctx)
 
     def run(self, ctx: CompareContext) -> Evidence:
         ps = load_probe_set(ctx.options["probes"])
@@ -102,30 +157,62 @@ class SharedMistakesMethod(EvidenceMethod):
         ans_a = ask_probes(be_a, ps.items, ps.root, chat=chat)
         ans_b = ask_probes(be_b, ps.items, ps.root, chat=chat)
         refs = [ask_probes(r, ps.items, ps.root, chat=chat) for r in references(ctx)]
+        ctx.shared[f"{self.name}:answers"] = (ps.items, ans_a, refs)
         res = shared_mistakes(ps.items, ans_a, ans_b, refs)
-        powered = res.scored >= 5
-        p_value: float | None = res.p_value
-        if res.null != "references":
-            # Without references the null is modelled, and models trained on similar data share
-            # *tempting* wrong answers far beyond any model of independent choice (measured on the
-            # benchmark zoo): report the modelled figure, but let it decide nothing.
-            p_value, powered = None, False
+        threshold = threshold_of(ctx)
+        p_value: float | None = None
+        powered = False
+        best = 1.0
+        if res.null == "references":
+            p_value = checked(res.p_value, self.name)
+            best = best_fisher_p(res.both_wrong, res.reference_pairs)
+            powered = best < threshold
         stmt = (f"on {res.n_items} probe items, A was wrong on {res.a_wrong} and B on {res.b_wrong}; of the "
                 f"{res.both_wrong} both got wrong, {res.same_wrong} had the same wrong answer "
                 f"({res.expected_same_wrong:.1f} expected for independent models, "
-                + ("as often as A or B shares them with unrelated reference models)" if res.null == "references"
-                   else "from each model's own spread of wrong answers)"))
-        if p_value is None:
-            stmt += "; give unrelated reference models (--reference) to turn this into a test"
-        return Evidence(method=self.name, status="ok", statement=stmt, null_hypothesis=self.null_hypothesis,
-                        statistic=float(res.same_wrong), p_value=p_value, kind="behaviour", powered=powered,
-                        details={"items": res.n_items, "a_wrong": res.a_wrong, "b_wrong": res.b_wrong,
-                                 "both_wrong": res.both_wrong, "same_wrong": res.same_wrong,
-                                 "expected_same_wrong": res.expected_same_wrong, "scored": res.scored,
-                                 "both_right": res.both_right, "references": len(refs), "null": res.null,
-                                 "reference_pairs": res.reference_pairs, "p_value_modelled": res.p_value,
-                                 "queries": 2 * len(ps.items) + len(refs) * len(ps.items),
-                                 "examples": res.examples})
+                "as often as A or B shares them with unrelated reference models)")
+        if res.null != "references":
+            # the references never erred together with A or B: there is no measured null, and the
+            # modelled one is known to be far too optimistic (shared tempting answers)
+            stmt = (f"on {res.n_items} probe items, A was wrong on {res.a_wrong} and B on {res.b_wrong}; no "
+                    "reference model got an item wrong together with A or B, so there is no measured null")
+        elif not powered:
+            stmt += power_note(res.both_wrong, "shared wrong items", best, threshold)
+        ev = Evidence(method=self.name, status="ok", statement=stmt, null_hypothesis=self.null_hypothesis,
+                      statistic=float(res.same_wrong), p_value=p_value, kind="behaviour", powered=powered,
+                      details={"items": res.n_items, "a_wrong": res.a_wrong, "b_wrong": res.b_wrong,
+                               "both_wrong": res.both_wrong, "same_wrong": res.same_wrong,
+                               "expected_same_wrong": res.expected_same_wrong, "scored": res.scored,
+                               "both_right": res.both_right, "references": len(refs), "null": res.null,
+                               "reference_pairs": res.reference_pairs, "min_attainable_p": best,
+                               "queries": 2 * len(ps.items) + len(refs) * len(ps.items),
+                               "examples": res.examples})
+        return with_copy_control(self, ctx, ev)
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        got = ctx.shared.get(f"{self.name}:answers")
+        if result.status != "ok" or got is None:
+            return []
+        items, ans_a, refs = got
+        res = shared_mistakes(items, ans_a, ans_a, refs)
+        if res.null != "references":
+            return [ControlOutcome("copy", None, self.name, 1.0, False,
+                                   "A's own answers in B's place: no reference erred with A, nothing to test")]
+        p = checked(res.p_value, self.name)
+        return [ControlOutcome("copy", None, self.name, p, p < threshold_of(ctx),
+                               f"A's own answers in B's place: {res.same_wrong} of {res.both_wrong} shared "
+                               "wrong answers")]
+
+
+def best_fisher_p(both_wrong: int, reference_pairs: Sequence[dict[str, Any]]) -> float:
+    """The smallest p the reference test can give here: every item A and B both got wrong answered alike."""
+    if not both_wrong or not reference_pairs:
+        return 1.0
+    worst = 0.0
+    for rp in reference_pairs:  # intersection-union: the largest p over reference pairs decides
+        table = [[both_wrong, 0], [int(rp["same_wrong"]), int(rp["both_wrong"] - rp["same_wrong"])]]
+        worst = max(worst, float(_st.fisher_exact(table, alternative="greater")[1]))
+    return max(P_FLOOR, worst)
 
 
 def agreement(xs: Sequence[str], ys: Sequence[str]) -> int:
@@ -149,7 +236,8 @@ def paired_agreement_test(x: Sequence[str], y: Sequence[str], r: Sequence[str]) 
 
     Only prompts where exactly one of y and r agrees with x count, and an agreement on an answer
     that is a default of both models that give it does not count (y and r are treated alike, so
-    under H0 y is the one at most half the time: binomial with p = 1/2).
+    under H0 y is the one at most half the time: an exact binomial tail with p = 1/2, `stats.exact`).
+    Its smallest value over n prompts is 2^-n.
     """
     dx, dy, dr = default_answers(x), default_answers(y), default_answers(r)
     yes = no = 0
@@ -157,9 +245,7 @@ def paired_agreement_test(x: Sequence[str], y: Sequence[str], r: Sequence[str]) 
         a, b, c = a.strip(), b.strip(), c.strip()
         yes += a == b and a != c and not (a in dx and a in dy)
         no += a == c and a != b and not (a in dx and a in dr)
-    if yes + no == 0:
-        return 1.0
-    return floor(float(_st.binom.sf(yes - 1, yes + no, 0.5)))
+    return sign_test_p(yes, yes + no)
 
 
 class GenericPromptMethod(EvidenceMethod):
@@ -184,6 +270,9 @@ class OutputAgreementMethod(GenericPromptMethod):
                        "does, or A with B no more often than with such a model (paired exact tests, "
                        "intersection-union over references and sides)")
 
+    def needs(self, ctx: CompareContext) -> str | None:
+        return super().needs(ctx) or references_missing(ctx)
+
     def run(self, ctx: CompareContext) -> Evidence:
         n = int(ctx.options.get("prompts", 200))
         tokens = int(ctx.options.get("continuation_tokens", 4))
@@ -194,26 +283,38 @@ class OutputAgreementMethod(GenericPromptMethod):
         out_b = [r.text for r in be_b.generate(reqs)]
         k_ab = agreement(out_a, out_b)
         refs = references(ctx)
-        if not refs:
-            return Evidence(method=self.name, status="ok", kind="behaviour", powered=False, p_value=None,
-                            statistic=k_ab / n, null_hypothesis=self.null_hypothesis,
-                            statement=(f"A and B agree on {k_ab}/{n} greedy continuations; without reference "
-                                       "models (--reference) there is no null to test against"),
-                            details={"prompts": n, "agree": k_ab, "queries": 2 * n})
         tests: list[dict[str, Any]] = []
+        ref_outs: list[list[str]] = []
         for r in refs:
             out_r = [x.text for x in r.generate(reqs)]
+            ref_outs.append(out_r)
             for side, mine, other in (("A", out_a, out_b), ("B", out_b, out_a)):
                 tests.append({"side": side, "reference": r.identity, "agree": agreement(mine, out_r),
-                              "p_value": paired_agreement_test(mine, other, out_r)})
+                              "p_value": checked(paired_agreement_test(mine, other, out_r), self.name)})
+        ctx.shared[f"{self.name}:outputs"] = (out_a, ref_outs)
         p = max(x["p_value"] for x in tests)  # intersection-union: B must beat every reference, from both sides
         best = max(x["agree"] for x in tests)
-        return Evidence(method=self.name, status="ok", kind="behaviour", powered=True, p_value=p,
-                        statistic=k_ab / n, null_hypothesis=self.null_hypothesis,
-                        statement=(f"A and B agree on {k_ab}/{n} greedy continuations; the closest of "
-                                   f"{len(refs)} unrelated reference model(s) agrees with A or B on {best}/{n}"),
-                        details={"prompts": n, "agree": k_ab, "references": tests,
-                                 "queries": (2 + len(refs)) * n})
+        threshold = threshold_of(ctx)
+        floor_p = sign_test_floor(n)
+        powered = floor_p < threshold
+        stmt = (f"A and B agree on {k_ab}/{n} greedy continuations; the closest of "
+                f"{len(refs)} unrelated reference model(s) agrees with A or B on {best}/{n}")
+        if not powered:
+            stmt += power_note(n, "prompts", floor_p, threshold)
+        ev = Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
+                      statistic=k_ab / n, null_hypothesis=self.null_hypothesis, statement=stmt,
+                      details={"prompts": n, "agree": k_ab, "references": tests, "min_attainable_p": floor_p,
+                               "queries": (2 + len(refs)) * n})
+        return with_copy_control(self, ctx, ev)
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        got = ctx.shared.get(f"{self.name}:outputs")
+        if result.status != "ok" or got is None:
+            return []
+        out_a, ref_outs = got
+        p = max(checked(paired_agreement_test(out_a, out_a, r), self.name) for r in ref_outs)
+        return [ControlOutcome("copy", None, self.name, p, p < threshold_of(ctx),
+                               "A's own continuations in B's place, against the same references")]
 
 
 def canary_items(items: Sequence[ProbeItem]) -> list[ProbeItem]:
@@ -249,11 +350,29 @@ class CanaryRecallMethod(EvidenceMethod):
         right_a = sum(ans_a.get(it.id) == it.answer for it in items)
         right_b = sum(ans_b.get(it.id) == it.answer for it in items)
         chance = float(np.mean([1.0 / len(it.choices) for it in items]))
-        # Poisson-binomial of per-item 1/k; all items of one set share k in practice
-        p = floor(poisson_binomial_sf([1.0 / len(it.choices) for it in items], right_b))
-        return Evidence(method=self.name, status="ok", kind="behaviour", powered=len(items) >= 30, p_value=p,
-                        statistic=right_b / len(items), null_hypothesis=self.null_hypothesis,
-                        statement=(f"B answers {right_b} of {len(items)} invented canary facts right "
-                                   f"(A: {right_a}; guessing: {chance * len(items):.1f})"),
-                        details={"items": len(items), "b_right": right_b, "a_right": right_a,
-                                 "chance_rate": chance, "queries": 2 * len(items)})
+        qs = [1.0 / len(it.choices) for it in items]
+        p = checked(max(P_FLOOR, poisson_binomial_sf(qs, right_b)), self.name)
+        floor_p = max(P_FLOOR, float(np.prod(qs)))  # every item right
+        threshold = threshold_of(ctx)
+        powered = floor_p < threshold
+        ctx.shared[f"{self.name}:a"] = (qs, right_a)
+        stmt = (f"B answers {right_b} of {len(items)} invented canary facts right "
+                f"(A: {right_a}; guessing: {chance * len(items):.1f})")
+        if not powered:
+            stmt += power_note(len(items), "canary items", floor_p, threshold)
+        ev = Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
+                      statistic=right_b / len(items), null_hypothesis=self.null_hypothesis, statement=stmt,
+                      details={"items": len(items), "b_right": right_b, "a_right": right_a,
+                               "chance_rate": chance, "min_attainable_p": floor_p, "queries": 2 * len(items)})
+        return with_copy_control(self, ctx, ev)
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        """A copy of A would know what A knows: the same test on A's own answers."""
+        got = ctx.shared.get(f"{self.name}:a")
+        if result.status != "ok" or got is None:
+            return []
+        qs, right_a = got
+        p = checked(max(P_FLOOR, poisson_binomial_sf(qs, right_a)), self.name)
+        return [ControlOutcome("copy", None, self.name, p, p < threshold_of(ctx),
+                               f"A's own answers: {right_a} of {len(qs)} canary facts right"
+                               + ("" if p < threshold_of(ctx) else " (A does not know its canaries well enough)"))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from modeltrace.diagnose.layers import score_matrices
 from modeltrace.diagnose.models import Diagnoser
 from modeltrace.errors import EvidenceError
 from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
@@ -68,4 +69,5 @@ class DiagnosisMethod(EvidenceMethod):
                          + (f" ({diag.notes[0]})" if diag.notes else ""))
         return Evidence(method=self.name, status="ok", statement=statement, null_hypothesis=self.null_hypothesis,
                         statistic=None, p_value=None, kind="weights", powered=False,
-                        details={"transforms": kinds, **diag.details(), **extra})
+                        details={"transforms": kinds, **diag.details(), **extra,
+                                 "layer_scores": score_matrices({c: wa.layer_map(c) for c in wa.components()})})

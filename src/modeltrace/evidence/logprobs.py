@@ -9,13 +9,17 @@ endpoints (`logprobs`) both give.
 
 Statistic: per prompt, the rank distance 1 - Spearman correlation of the two log-probability
 tables over the union of their listed tokens (a token one side did not list gets that side's
-smallest listed value, an upper bound on it). Test: against reference models known to be
-unrelated, in the spirit of Nikolić et al., "Model Provenance Testing for Large Language Models"
-(2025): for each reference R and each side (A and B), a one-sided paired t-test over prompts of
-H0: mean d(A,B) >= (1 - margin) * mean d(A,R); intersection-union over references and sides (the
-largest p-value decides). The margin keeps the null at the level of models, not prompts: two
-unrelated models are never exactly equally far from A, and with enough prompts any fixed gap is
-"significant"; the null allows B to be up to `margin` closer to A than the closest reference.
+smallest listed value, an upper bound on it). Test: against at least two reference models known
+to be unrelated, in the spirit of Nikolić et al., "Model Provenance Testing for Large Language
+Models" (2025): for each reference R and each side (A and B), an exact one-sided sign test over
+prompts of H0: "on a random prompt, d(A,B) < (1 - margin) * d(A,R) with probability at most 1/2";
+intersection-union over references and sides (the largest p-value decides). Prompts are drawn
+independently (`probes.prompts`), so under H0 the count of prompts that favour B is stochastically
+below Binomial(n, 1/2) and the exact binomial tail is a valid p-value at any level, down to its
+floor 2^-n (`stats.exact`). The null holds in particular when B and R are exchangeable relative to A
+(then P(d_AB < d_AR) <= 1/2, and the margin only shrinks the event). The margin keeps the null at
+the level of models, not prompts: two unrelated models are never exactly equally far from A; the
+null allows B to be up to `margin` closer to A than the closest reference on most prompts.
 """
 
 from __future__ import annotations
@@ -28,14 +32,23 @@ import numpy as np
 from scipy import stats as _st
 
 from modeltrace.backends.base import Backend, Request
-from modeltrace.evidence.base import CompareContext, Evidence
-from modeltrace.evidence.behaviour import GenericPromptMethod, backends, prompt_request, references
+from modeltrace.errors import EvidenceError
+from modeltrace.evidence.base import CompareContext, ControlOutcome, Evidence
+from modeltrace.evidence.behaviour import (
+    GenericPromptMethod,
+    backends,
+    power_note,
+    prompt_request,
+    references,
+    references_missing,
+    threshold_of,
+    with_copy_control,
+)
 from modeltrace.probes.prompts import generic_prompts
-from modeltrace.stats.combine import floor
+from modeltrace.stats.exact import checked, sign_test_floor, sign_test_p
 
 DEFAULT_K = 100  # local models and llama.cpp give any k; endpoints cap it (OpenAI and vLLM: 20)
 DEFAULT_MARGIN = 0.1
-MIN_PROMPTS = 30
 Table = dict[str, float]
 
 
@@ -67,15 +80,12 @@ def distances(xs: Sequence[Table], ys: Sequence[Table]) -> np.ndarray:
 
 
 def margin_test(d_ab: np.ndarray, d_ar: np.ndarray, margin: float) -> float:
-    """One-sided paired t-test p-value of H0: mean d_ab >= (1 - margin) * mean d_ar, over prompts."""
-    diff = d_ab - (1.0 - margin) * d_ar
-    n = len(diff)
-    if n < 2:
-        return 1.0
-    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
-    if sd == 0.0:
-        return floor(0.0) if mean < 0 else 1.0
-    return floor(float(_st.t.cdf(mean / (sd / math.sqrt(n)), n - 1)))
+    """Exact one-sided sign test of H0: P(d_ab < (1 - margin) d_ar) <= 1/2 on a random prompt (ties count for H0)."""
+    if np.isnan(d_ab).any() or np.isnan(d_ar).any():
+        raise EvidenceError("logprob-similarity: a rank distance is NaN (prompts without comparable tables "
+                            "must be dropped first)")
+    n = len(d_ab)
+    return sign_test_p(int(np.count_nonzero(d_ab < (1.0 - margin) * d_ar)), n)
 
 
 def tables(backend: Backend, reqs: Sequence[Request]) -> list[Table]:
@@ -111,13 +121,16 @@ class LogprobSimilarityMethod(GenericPromptMethod):
     reference = ("Nikolić et al., 'Model Provenance Testing for Large Language Models' (2025): testing "
                  "against unrelated reference models; here on next-token log-probability rankings")
     null_hypothesis = ("B's next-token rankings are at least (1 - margin) times as far from A's as those of "
-                       "the closest unrelated reference model, and A's from B's likewise "
-                       "(intersection-union over references and sides)")
+                       "the closest unrelated reference model on a random prompt with probability at least 1/2, "
+                       "and A's from B's likewise (exact sign tests, intersection-union over references and sides)")
+
+    def needs(self, ctx: CompareContext) -> str | None:
+        return super().needs(ctx) or references_missing(ctx)
 
     def run(self, ctx: CompareContext) -> Evidence:
         n = int(ctx.options.get("prompts", 200))
         margin = float(ctx.options.get("logprob_margin", DEFAULT_MARGIN))
-        threshold = float(ctx.options.get("threshold", 1e-6))
+        threshold = threshold_of(ctx)
         be_a, be_b = backends(ctx)
         refs = references(ctx)
         limits = [b.max_top_logprobs for b in (be_a, be_b, *refs) if b.max_top_logprobs]
@@ -147,25 +160,40 @@ class LogprobSimilarityMethod(GenericPromptMethod):
         details: dict[str, Any] = {"prompts": n, "prompts_used": used, "top_logprobs": k, "margin": margin,
                                    "distance": round(float(d_ab.mean()), 5) if used else None,
                                    "queries": (2 + len(refs)) * n}
-        if not refs or used < 2:
-            why = ("without reference models (--reference) there is no null to test against" if not refs
-                   else "too few prompts gave comparable log-probabilities")
-            mean = f"{float(d_ab.mean()):.3f}" if used else "n/a"
+        if used == 0:
             return Evidence(method=self.name, status="ok", kind="behaviour", powered=False, p_value=None,
-                            statistic=None if not used else float(d_ab.mean()),
-                            null_hypothesis=self.null_hypothesis, details=details,
-                            statement=f"A's and B's next-token rankings are at rank distance {mean} "
-                                      f"on {used} of {n} prompts; {why}")
-        tests = [t for s in ("A", "B")
-                 for t in side_tests(d_ab, {rid: d[keep] for rid, d in d_side[s].items()}, margin, s)]
+                            statistic=None, null_hypothesis=self.null_hypothesis, details=details,
+                            statement=f"none of {n} prompts gave comparable log-probabilities from A, B and "
+                                      "every reference")
+        refs_d = {s: {rid: d[keep] for rid, d in d_side[s].items()} for s in ("A", "B")}
+        tests = [t for s in ("A", "B") for t in side_tests(d_ab, refs_d[s], margin, s)]
+        for test in tests:
+            test["p_value"] = checked(test["p_value"], self.name)
         p = max(t["p_value"] for t in tests)
         ratio = max((t["ratio"] for t in tests if t["ratio"] is not None), default=None)
         closest = min(t["distance_to_reference"] for t in tests)
-        details.update(tests=tests, ratio=ratio, prompts_needed=prompts_needed(
-            d_ab, [d[keep] for per in d_side.values() for d in per.values()], margin, threshold))
+        floor_p = sign_test_floor(used)
+        powered = floor_p < threshold
+        ctx.shared[f"{self.name}:distances"] = (refs_d["A"], margin)
+        details.update(tests=tests, ratio=ratio, min_attainable_p=floor_p, prompts_needed=prompts_needed(
+            d_ab, [d for per in refs_d.values() for d in per.values()], margin, threshold))
         stmt = (f"on {used} prompts, A's and B's next-token rankings (top {k}) are at rank distance "
                 f"{float(d_ab.mean()):.3f}; the closest of {len(refs)} unrelated reference model(s) is at "
-                f"{closest:.3f} from A or B (largest ratio {ratio}; the null allows down to {1 - margin:.2f})")
-        return Evidence(method=self.name, status="ok", kind="behaviour", powered=used >= MIN_PROMPTS, p_value=p,
-                        statistic=float(d_ab.mean()), null_hypothesis=self.null_hypothesis, statement=stmt,
-                        details=details)
+                f"{closest:.3f} from A or B (largest ratio {ratio}; the null allows down to {1 - margin:.2f} "
+                "on most prompts)")
+        if not powered:
+            stmt += power_note(used, "prompts", floor_p, threshold)
+        ev = Evidence(method=self.name, status="ok", kind="behaviour", powered=powered, p_value=p,
+                      statistic=float(d_ab.mean()), null_hypothesis=self.null_hypothesis, statement=stmt,
+                      details=details)
+        return with_copy_control(self, ctx, ev)
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        """A copy of A (rank distance 0 on every prompt) against the same references and prompts."""
+        got = ctx.shared.get(f"{self.name}:distances")
+        if result.status != "ok" or got is None:
+            return []
+        d_a, margin = got
+        p = max(margin_test(np.zeros_like(d), d, margin) for d in d_a.values())
+        return [ControlOutcome("copy", None, self.name, p, p < threshold_of(ctx),
+                               "A's own rankings in B's place, against the same references")]

@@ -7,9 +7,13 @@
   residual stream is rotated or permuted, so this catches a rotated copy that defeats
   element-wise weight comparison. Null: independent initializations and training equivariant
   to permuting MLP neurons; then the count has the exact law in stats.nulls.
+  The null needs no reference model: it comes from the unit symmetry of training. Powered when
+  the smallest attainable p (every sampled neuron on its own index) is below the threshold.
 - `representation-cka`: linear CKA of per-layer hidden states (after REEF, Zhang et al. 2025).
-  Independently trained models on the same data also reach high CKA, so without reference
-  models it is descriptive (no p-value); with references it is compared against them.
+  Independently trained models on the same data also reach high CKA, so it is tested only against
+  at least two local reference models (skipped otherwise): prompts are cut into blocks of
+  `CKA_BLOCK`, and an exact sign test over blocks asks whether B is closer to A than each reference
+  (by the margin) on more blocks than chance allows (`stats.exact`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
+from modeltrace.evidence.base import CompareContext, ControlOutcome, Evidence, EvidenceMethod
+from modeltrace.evidence.behaviour import power_note, references_missing, threshold_of, with_copy_control
 from modeltrace.probes.prompts import generic_prompts
 from modeltrace.stats.combine import fisher
+from modeltrace.stats.exact import checked, sign_test_floor, sign_test_p
 from modeltrace.stats.nulls import fixed_point_tail
+
+CKA_BLOCK = 8  # prompts per block: CKA is a statistic of a sample, so the sign test runs over blocks
 
 # the module whose INPUT is the MLP's post-activation neuron vector, per naming scheme
 _DOWN = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.(?:mlp\.(?:down_proj|c_proj|fc2|dense_4h_to_h)|"
@@ -134,6 +142,7 @@ class ActivationMatchMethod(EvidenceMethod):
         acts_b = mlp_activations(be_b, texts)
         rng = np.random.default_rng(ctx.seed)
         layers = []
+        samples: dict[int, np.ndarray] = {}
         for layer in sorted(set(acts_a) & set(acts_b)):
             xa, xb = acts_a[layer], acts_b[layer]
             if xa.shape != xb.shape:
@@ -144,23 +153,79 @@ class ActivationMatchMethod(EvidenceMethod):
             k, strength = match_fixed_points(xa, xb, sample)
             layers.append({"layer": layer, "neurons": n, "sampled": m, "fixed": k, "mean_best_corr": strength,
                            "p_value": fixed_point_tail(k, m, n)})
+            samples[layer] = sample
         if not layers:
             return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
                             statement="no MLP layers with the same width to compare", details={})
-        p = fisher([x["p_value"] for x in layers])
+        p = checked(fisher([x["p_value"] for x in layers]), self.name)
+        floor_p = fisher([fixed_point_tail(x["sampled"], x["sampled"], x["neurons"]) for x in layers])
+        threshold = threshold_of(ctx)
+        powered = floor_p < threshold
         fixed = sum(x["fixed"] for x in layers)
         sampled = sum(x["sampled"] for x in layers)
         strength = float(np.mean([x["mean_best_corr"] for x in layers]))
         note = ""
         if fixed < 0.1 * sampled and strength > 0.9:
             note = " (neurons match almost perfectly under another order: permuted neurons?)"
-        return Evidence(method=self.name, status="ok", kind="representation", powered=True, p_value=p,
-                        statistic=fixed / sampled, null_hypothesis=self.null_hypothesis,
-                        statement=(f"{fixed} of {sampled} sampled MLP neurons in {len(layers)} layers fire most "
-                                   f"like the neuron of the same index in the other model; mean best "
-                                   f"correlation {strength:.3f}{note}"),
+        stmt = (f"{fixed} of {sampled} sampled MLP neurons in {len(layers)} layers fire most like the neuron of "
+                f"the same index in the other model; mean best correlation {strength:.3f}{note}")
+        if not powered:
+            stmt += power_note(sampled, "neurons", floor_p, threshold)
+        ctx.shared[f"{self.name}:a"] = (texts, acts_a, samples)
+        return Evidence(method=self.name, status="ok", kind="representation", powered=powered, p_value=p,
+                        statistic=fixed / sampled, null_hypothesis=self.null_hypothesis, statement=stmt,
                         details={"layers": layers, "tokens": int(next(iter(acts_a.values())).shape[0]),
-                                 "prompts": len(texts)})
+                                 "prompts": len(texts), "min_attainable_p": floor_p})
+
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        """A against A with Gaussian noise on its weights (`control_noise` of each matrix's spread, default 0.1).
+
+        Run only when A is small enough to copy in memory (`NOISE_CONTROL_MAX_PARAMS`): one more forward
+        pass of A over the same texts, matched exactly as B was.
+        """
+        got = ctx.shared.get(f"{self.name}:a")
+        if result.status != "ok" or got is None:
+            return []
+        texts, acts_a, samples = got
+        rel = float(ctx.options.get("control_noise", 0.1))
+        be_a = _local_backend(ctx, "a")
+        be_a._load()
+        size = sum(int(p.numel()) for p in be_a._model.parameters())
+        if size > NOISE_CONTROL_MAX_PARAMS:
+            return []
+        acts_n = mlp_activations(_NoisedCopy(be_a, rel, ctx.seed), texts)
+        ps = [fixed_point_tail(match_fixed_points(acts_a[layer], acts_n[layer], s)[0], len(s),
+                               acts_a[layer].shape[1]) for layer, s in samples.items() if layer in acts_n]
+        if not ps:
+            return []
+        p = checked(fisher(ps), self.name)
+        return [ControlOutcome("noise", rel, self.name, p, p < threshold_of(ctx),
+                               f"A with Gaussian noise of {rel:g} of each weight matrix's spread, on the same texts")]
+
+
+NOISE_CONTROL_MAX_PARAMS = 200_000_000  # above this a second copy of A in memory is not cheap
+
+
+class _NoisedCopy:
+    """A transformers backend's model copied with seeded Gaussian noise on its weight matrices (same tokenizer)."""
+
+    def __init__(self, backend: Any, rel: float, seed: int) -> None:
+        import copy
+
+        import torch
+
+        self._tok = backend._tok
+        self._model = copy.deepcopy(backend._model)
+        gen = torch.Generator().manual_seed(seed + 7)
+        with torch.no_grad():
+            for p in self._model.parameters():
+                if p.dim() == 2:
+                    noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * rel * float(p.float().std())
+                    p.add_(noise.to(p.dtype))
+
+    def _load(self) -> None:
+        return None
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -200,27 +265,20 @@ def cka_distance(hx: list[np.ndarray], hy: list[np.ndarray], rows: np.ndarray | 
     return float(np.mean([1.0 - linear_cka(sel(hx[i]), sel(hy[j])) for i, j in layer_pairs(len(hx), len(hy))]))
 
 
-def jackknife_margin_p(hx: list[np.ndarray], hy: list[np.ndarray], hr: list[np.ndarray], margin: float) -> float:
-    """p-value of H0: cka_distance(x, y) >= (1 - margin) * cka_distance(x, r), from a delete-one jackknife.
+def blocks(n: int, size: int = CKA_BLOCK) -> list[np.ndarray]:
+    """Consecutive blocks of `size` prompts (a last partial block is dropped: every unit alike)."""
+    return [np.arange(i, i + size) for i in range(0, n - size + 1, size)]
 
-    CKA is a smooth function of second moments, so the jackknife estimates its spread over inputs
-    (Efron & Stein 1981); the one-sided z-test uses that standard error.
+
+def block_sign_p(hx: list[np.ndarray], hy: list[np.ndarray], hr: list[np.ndarray], margin: float) -> float:
+    """Exact sign test over prompt blocks of H0: P(d_block(x, y) < (1 - margin) d_block(x, r)) <= 1/2.
+
+    The prompts are drawn independently, so the blocks are independent units; each block's CKA
+    distances are computed on that block's inputs alone. Ties count for H0.
     """
-    from scipy import stats as st
-
-    from modeltrace.stats.combine import floor
-
-    n = hx[0].shape[0]
-
-    def stat(rows: np.ndarray | None) -> float:
-        return cka_distance(hx, hy, rows) - (1.0 - margin) * cka_distance(hx, hr, rows)
-
-    full = stat(None)
-    loo = np.array([stat(np.delete(np.arange(n), i)) for i in range(n)])
-    se = float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
-    if se == 0.0:
-        return floor(0.0) if full < 0 else 1.0
-    return floor(float(st.norm.cdf(full / se)))
+    units = blocks(hx[0].shape[0])
+    wins = sum(cka_distance(hx, hy, b) < (1.0 - margin) * cka_distance(hx, hr, b) for b in units)
+    return sign_test_p(int(wins), len(units))
 
 
 class RepresentationCKAMethod(EvidenceMethod):
@@ -231,45 +289,63 @@ class RepresentationCKAMethod(EvidenceMethod):
     stage = 40
     summary = "linear CKA of hidden states per layer, tested against local reference models when given"
     reference = "REEF: Zhang et al., 'REEF: Representation Encoding Fingerprints for LLMs', ICLR 2025"
-    null_hypothesis = ("B's hidden states are at least (1 - margin) times as far (1 - linear CKA, mean over layers) "
-                       "from A's as those of the closest unrelated reference model, and A's from B's likewise")
+    null_hypothesis = ("on a random block of prompts, B's hidden states are at least (1 - margin) times as far "
+                       "(1 - linear CKA, mean over layers) from A's as those of each unrelated reference model with "
+                       "probability at least 1/2, and A's from B's likewise")
 
     def needs(self, ctx: CompareContext) -> str | None:
-        return ActivationMatchMethod().needs(ctx)
+        return ActivationMatchMethod().needs(ctx) or references_missing(ctx)
 
     def run(self, ctx: CompareContext) -> Evidence:
+        refs, why = _local_references(ctx)
+        if why:
+            return Evidence.skipped(self.name, f"{why}; CKA is tested only against local reference models",
+                                    kind="representation")
         texts = generic_prompts(int(ctx.options.get("prompts", 64)), seed=ctx.seed + 1)
         ha = unit_rows(_local_backend(ctx, "a").hidden_states(texts))
         hb = unit_rows(_local_backend(ctx, "b").hidden_states(texts))
         pairs = layer_pairs(len(ha), len(hb))
         ckas = [linear_cka(ha[i], hb[j]) for i, j in pairs]
-        details: dict[str, Any] = {"cka": ckas, "layer_pairs": pairs, "prompts": len(texts)}
-        stmt = f"mean linear CKA of hidden states (inputs at unit length) over {len(pairs)} layers: {np.mean(ckas):.3f}"
-        refs, why = _local_references(ctx)
-        if not refs or len(texts) < 8:
-            why = why or ("no reference models (--reference)" if not refs else "fewer than 8 prompts")
-            return Evidence(method=self.name, status="ok", kind="representation", powered=False, p_value=None,
-                            statistic=float(np.mean(ckas)),
-                            null_hypothesis="none: CKA is high for independent models trained on similar data, "
-                                            "so without local reference models it is reported, not tested",
-                            statement=f"{stmt}; not tested: {why}", details=details)
         margin = float(ctx.options.get("cka_margin", 0.1))
         d_ab = cka_distance(ha, hb)
         tests = []
-        for name, hr in ((r.identity, unit_rows(r.hidden_states(texts))) for r in refs):
+        ref_states = [(r.identity, unit_rows(r.hidden_states(texts))) for r in refs]
+        for name, hr in ref_states:
             for side, hx, hy in (("A", ha, hb), ("B", hb, ha)):
                 d_r = cka_distance(hx, hr)
                 tests.append({"side": side, "reference": name, "distance_to_reference": round(d_r, 5),
                               "ratio": round(d_ab / d_r, 4) if d_r > 0 else None,
-                              "p_value": jackknife_margin_p(hx, hy, hr, margin)})
+                              "p_value": checked(block_sign_p(hx, hy, hr, margin), self.name)})
+        ctx.shared[f"{self.name}:states"] = (ha, [hr for _, hr in ref_states], margin)
         p = max(t["p_value"] for t in tests)  # intersection-union over references and sides
         closest = min(t["distance_to_reference"] for t in tests)
-        details.update(distance=round(d_ab, 5), margin=margin, tests=tests)
-        return Evidence(method=self.name, status="ok", kind="representation", powered=True, p_value=p,
-                        statistic=float(np.mean(ckas)), null_hypothesis=self.null_hypothesis, details=details,
-                        statement=(f"{stmt}; 1 - CKA is {d_ab:.3f} between A and B and at least {closest:.3f} "
-                                   f"between either and {len(refs)} unrelated reference model(s) (the null allows "
-                                   f"down to {1 - margin:.2f} of that)"))
+        n_blocks = len(blocks(len(texts)))
+        floor_p = sign_test_floor(n_blocks)
+        threshold = threshold_of(ctx)
+        powered = floor_p < threshold
+        details: dict[str, Any] = {"cka": ckas, "layer_pairs": pairs, "prompts": len(texts), "blocks": n_blocks,
+                                   "block_size": CKA_BLOCK, "distance": round(d_ab, 5), "margin": margin,
+                                   "tests": tests, "min_attainable_p": floor_p}
+        stmt = (f"mean linear CKA of hidden states (inputs at unit length) over {len(pairs)} layers: "
+                f"{np.mean(ckas):.3f}; 1 - CKA is {d_ab:.3f} between A and B and at least {closest:.3f} between "
+                f"either and {len(refs)} unrelated reference model(s) (the null allows down to {1 - margin:.2f} "
+                f"of that on most blocks of {CKA_BLOCK} prompts)")
+        if not powered:
+            stmt += power_note(n_blocks, f"blocks of {CKA_BLOCK} prompts", floor_p, threshold)
+        ev = Evidence(method=self.name, status="ok", kind="representation", powered=powered, p_value=p,
+                      statistic=float(np.mean(ckas)), null_hypothesis=self.null_hypothesis, details=details,
+                      statement=stmt)
+        return with_copy_control(self, ctx, ev)
+
+    def controls(self, ctx: CompareContext, result: Evidence) -> list[ControlOutcome]:
+        """A copy of A (its own hidden states in B's place) against the same references and blocks."""
+        got = ctx.shared.get(f"{self.name}:states")
+        if result.status != "ok" or got is None:
+            return []
+        ha, hrs, margin = got
+        p = max(block_sign_p(ha, ha, hr, margin) for hr in hrs)
+        return [ControlOutcome("copy", None, self.name, p, p < threshold_of(ctx),
+                               "A's own hidden states in B's place, against the same references")]
 
 
 def _local_references(ctx: CompareContext) -> tuple[list[Any], str]:

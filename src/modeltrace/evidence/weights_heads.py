@@ -36,7 +36,7 @@ independent under H0 (the assumption `weight-permutation` makes); it does not en
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from modeltrace.stats.combine import P_FLOOR, fisher
 from modeltrace.stats.nulls import fixed_point_tail, randomized_p
 from modeltrace.weights.align import agreement, match_units
 from modeltrace.weights.analysis import WeightAnalysis, analysis_for, record_layer_map
+
+if TYPE_CHECKING:
+    from modeltrace.model import Model
 
 COORDS = 64  # residual coordinates the circuits are restricted to
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
@@ -62,12 +65,25 @@ def _config_int(cfg: dict[str, Any] | None, keys: tuple[str, ...]) -> int | None
     return None
 
 
+def _gguf_heads(model: Model) -> tuple[int | None, int | None]:
+    """Head counts from a GGUF file's own metadata (``<arch>.attention.head_count[_kv]``)."""
+    if not model.weight_files or any(p.suffix != ".gguf" for p in model.weight_files):
+        return None, None
+    meta = model.source.metadata()
+    n = next((v for k, v in meta.items() if k.endswith(".attention.head_count")), None)
+    kv = next((v for k, v in meta.items() if k.endswith(".attention.head_count_kv")), None)
+    ok = [v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None for v in (n, kv)]
+    return ok[0], ok[1]
+
+
 def head_counts(ctx: CompareContext, side: str) -> tuple[int, int] | None:
-    """(query heads, key-value heads) from that side's config, else A's."""
+    """(query heads, key-value heads) from that side's config (or GGUF metadata), else A's."""
     for model in ((ctx.b, ctx.a) if side == "b" else (ctx.a,)):
-        n = _config_int(model.config, HEAD_KEYS)
+        n, kv = _config_int(model.config, HEAD_KEYS), _config_int(model.config, KV_KEYS)
+        if n is None:
+            n, kv = _gguf_heads(model)
         if n is not None:
-            kv = _config_int(model.config, KV_KEYS) or n
+            kv = kv or n
             return (n, kv) if n % kv == 0 else None
     return None
 

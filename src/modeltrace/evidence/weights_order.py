@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod
+from modeltrace.evidence.base import CompareContext, Evidence, EvidenceMethod, Transform
 from modeltrace.evidence.weights_common import layer_seed, skip_reason
 from modeltrace.stats.combine import P_FLOOR, fisher
 from modeltrace.stats.inversions import inversion_tail
@@ -92,10 +92,19 @@ class WeightOrderMethod(EvidenceMethod):
             mlp = [x for x in tested if x["component"] != "residual"]
             if mlp:
                 details["mlp_kept_fraction"] = round(float(np.mean([x["n_b"] / x["n_a"] for x in mlp])), 4)
-            statement += (f"; B keeps {widths.d_b} of A's {widths.d_a} residual dimensions"
-                          f" ({len(widths.sel_a)} paired)")
+            statement += (f"; residual widths A {widths.d_a}, B {widths.d_b} ({len(widths.sel_a)} dimensions paired, "
+                          f"{widths.confident} confidently)")
         if not powered:
             statement += f" (too few matched units to reach p < {threshold:g}: best attainable {best:.3g})"
             details["reason"] = "too few matched units"
+        if p < threshold and widths is not None and widths.d_b < widths.d_a \
+                and not any(t.kind == "prune" for t in ctx.transforms):
+            mlp_kept = details.get("mlp_kept_fraction")
+            ctx.transforms.append(Transform(
+                "prune", f"B is A width-pruned: {widths.d_b} of {widths.d_a} residual dimensions kept"
+                + (f", {mlp_kept:.1%} of MLP units" if isinstance(mlp_kept, float) else ""),
+                {"residual_kept": widths.d_b, "residual_of": widths.d_a,
+                 "residual_kept_fraction": round(widths.d_b / widths.d_a, 4), "mlp_kept_fraction": mlp_kept,
+                 "paired_dims": len(widths.sel_a), "confident_dims": widths.confident}))
         return Evidence(method=self.name, status="ok", statement=statement, statistic=float(inv),
                         p_value=max(p, P_FLOOR), powered=powered, details=details)

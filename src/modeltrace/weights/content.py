@@ -17,9 +17,10 @@ Why the exact unit tests stay exact. The pairing depends on B's MLP tensors only
 quantities that do not change when B's hidden units are relabelled (Gram over the residual axis,
 spectrum, sorted values). Under the null of `modeltrace.stats.nulls` B's unit labels are a
 uniform permutation independent of everything else, so they are still uniform given the pairing:
-the fixed-point laws hold conditionally on it, and so unconditionally. (A square MLP matrix, with
-as many units as the residual width, takes its orientation from the non-square pairs' vote
-instead of from content, so no orientation choice reads B's unit axis.)
+the fixed-point laws hold conditionally on it, and so unconditionally. (A square matrix, whose
+unit axis cannot be told from its residual axis by size, takes its orientation from the
+non-square pairs' vote instead of from content, so no orientation choice reads B's unit or head
+axis; only when no non-square pair exists does content decide.)
 """
 
 from __future__ import annotations

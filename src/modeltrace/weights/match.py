@@ -50,6 +50,10 @@ API used by the evidence and diagnosis methods::
     m.prefix_map                                  # condensed: A prefix -> B prefix
     m.transforms                                  # Transform(kind in rename/transpose/fuse) found
     m.hidden_size                                 # A's residual width when a token embedding is paired
+    m.nonfinite                                   # {"a": {name: count}, "b": {...}}: NaN/Inf zeroed on reading
+    m.finite(side, name, arr)                     # the same zeroing for arrays read elsewhere
+
+Excluded names (`exclude_a`, `exclude_b`: fixed buffers the caller detected) are never paired.
 """
 
 from __future__ import annotations
@@ -502,14 +506,16 @@ class _Builder:
             return c if rows is None else (rows[1] - rows[0],) + c[1:]
 
         def sq_mlp(n: str) -> bool:
-            r, shape = self.A.role(n), sig_a[n].shape
-            return len(shape) == 2 and shape[0] == shape[1] and r is not None and r.kind.startswith("mlp")
+            """Square matrices: their orientation is voted, never read from content (see the module doc)."""
+            shape = sig_a[n].shape
+            return len(shape) == 2 and shape[0] == shape[1]
 
         mats = [n for n in fa if len(sig_a[n].shape) >= 2]
-        # square MLP matrices last: their orientation is the vote of the non-square pairs
+        # square matrices last: their orientation is the vote of the non-square pairs
         groups = sorted({(sq_mlp(n), sig_a[n].shape) for n in mats})
         for sq, shape in groups:
             flip = votes[True] > votes[False]
+            voted = sq and sum(votes.values()) > 0  # with no non-square pair to vote, content decides
             for _ in range(3):  # again when the two orientations of one square tensor both won
                 la = [n for n in mats if sig_a[n].shape == shape and sq_mlp(n) == sq and n in self.A.free]
                 lb = [k for k in range(len(cands)) if k not in taken and k not in dropped
@@ -520,7 +526,7 @@ class _Builder:
                 mat = np.full((len(la), len(lb)), -1.0)
                 for i, n in enumerate(la):
                     for j, k in enumerate(lb):
-                        if sq and cands[k][2] != (self.A.a_t(n) ^ flip):
+                        if voted and cands[k][1] is None and cands[k][2] != (self.A.a_t(n) ^ flip):
                             continue
                         sb_ = sig_b.get((k, a_axis(n)))
                         if sb_ is not None:
@@ -694,6 +700,13 @@ def match_sources(sa: TensorSource, sb: TensorSource, *, exclude_a: frozenset[st
     STFT bases or sinusoidal position tables, which agree in unrelated models); they are not listed
     as unmatched either.
     """
+    ia = [n for n, i in sa.infos().items() if _usable(i) and n not in exclude_a]
+    ib = [n for n, i in sb.infos().items() if _usable(i) and n not in exclude_b]
+    known_a = sum(1 for r in assign_roles(ia).values() if r.kind != "other")
+    known_b = sum(1 for r in assign_roles(ib).values() if r.kind != "other")
+    if 2 * known_a < known_b and known_a < 0.5 * len(ia):
+        # A's names are the unknown ones: pair from B's side (whose roles say what each tensor is), then flip
+        return _flip(match_sources(sb, sa, exclude_a=exclude_b, exclude_b=exclude_a))
     bld = _Builder(sa, sb, frozenset(exclude_a), frozenset(exclude_b))
     bld.by_name()
     prefix_map = bld.by_prefix()
@@ -730,6 +743,27 @@ def match_sources(sa: TensorSource, sb: TensorSource, *, exclude_a: frozenset[st
     return Matching(a_source=sa, b_source=sb, pairs=tuple(pairs), unmatched_a=tuple(bld.A.free),
                     unmatched_b=tuple(bld.B.free), rename_map=rename_map, prefix_map=prefix_map,
                     transforms=tuple(transforms), hidden_size=hidden, view_a=view_a, view_b=view_b)
+
+
+def _flip(m: Matching) -> Matching:
+    """The same matching seen from the other side (B becomes A); every piece is already in the (out, in)
+    layout of the side whose names were understood, so shapes and orientations carry over."""
+    pairs = tuple(TensorPair(a=p.b, b=p.a, key=p.key, component=p.component, layer=p.layer, kind=p.kind,
+                             param=p.param, shape=p.shape, a_rows=p.b_rows, b_rows=p.a_rows,
+                             a_transpose=p.b_transpose, b_transpose=p.a_transpose, how=p.how) for p in m.pairs)
+    transforms = []
+    for t in m.transforms:
+        est = dict(t.estimates)
+        if t.kind == "fuse":
+            est["tensors"] = [("A:" + x[2:]) if x.startswith("B:") else ("B:" + x[2:]) for x in est.get("tensors", [])]
+        if t.kind == "rename" and "content" in est:
+            est["content"] = {("a_block_map" if k == "block_map" else k): v for k, v in est["content"].items()
+                              if k != "examples"}
+        transforms.append(Transform(t.kind, t.summary.replace("in B relative to A", "in A relative to B"), est))
+    return Matching(a_source=m.b_source, b_source=m.a_source, pairs=pairs, unmatched_a=m.unmatched_b,
+                    unmatched_b=m.unmatched_a, rename_map={p.a: p.b for p in pairs if p.a != p.b},
+                    prefix_map={v: k for k, v in m.prefix_map.items()}, transforms=tuple(transforms),
+                    hidden_size=m.hidden_size, view_a=m.view_b, view_b=m.view_a)
 
 
 def match_models(a: Model, b: Model, *, exclude_a: frozenset[str] = frozenset(),

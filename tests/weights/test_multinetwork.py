@@ -104,3 +104,14 @@ def test_encoder_decoder_onnx_pair_is_two_components(tmp_path: Path) -> None:
     write_onnx(root / "decoder.onnx", {"proj.weight": np.ones((4, 4), np.float32)})
     with Model.open(str(root)) as m:
         assert m.source.components == ["decoder", "encoder"]  # type: ignore[attr-defined]
+
+
+def test_quantized_onnx_variant_is_not_a_second_network(tmp_path: Path) -> None:
+    from modeltrace.formats.onnx_write import write_onnx
+
+    root = tmp_path / "export"
+    root.mkdir()
+    write_onnx(root / "model.onnx", {"proj.weight": np.ones((4, 4), np.float32)})
+    write_onnx(root / "model_quantized.onnx", {"proj.weight": np.ones((4, 4), np.float32)})
+    with Model.open(str(root)) as m:
+        assert [p.name for p in m.weight_files] == ["model.onnx"]
