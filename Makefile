@@ -49,13 +49,16 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	MODELTRACE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
-# the lineage benchmark (zoo, every weight and artifact method, peers, real models) -> docs/benchmarks/lineage.md;
-# the behaviour methods run the models (about 20 s a pair) and have their own script, bench/bench_behaviour.py
+# the lineage benchmark on the tuning zoo (the one the rules were tuned on) and the held-out zoos (fresh
+# seeds, widths and text; a family of realistic size; derivations of SmolLM2-135M), side by side:
+# docs/benchmarks/lineage.md, lineage-<zoo>.md, lineage-zoos.md and power.md. A change of any rule re-runs all.
+# The behaviour methods run the models (about 20 s a pair) and have their own script, bench/bench_behaviour.py
 bench: install realmodels
-	MODELTRACE_REALMODELS=$(abspath $(REALMODELS)) $(PY) -m modeltrace bench --out bench/results/full --no-behaviour
+	MODELTRACE_REALMODELS=$(abspath $(REALMODELS)) $(PY) -m modeltrace bench --zoo tuning --zoo heldout \
+	  --zoo scale --zoo real --out bench/results/full --no-behaviour
 
 bench-quick: install
-	$(PY) -m modeltrace bench --quick --out bench/results/quick
+	$(PY) -m modeltrace bench --quick --zoo tuning --zoo heldout --out bench/results/quick
 
 lint: install
 	$(PY) -m ruff check src tests bench

@@ -192,3 +192,15 @@ def score_threshold_at_fpr(negative: Sequence[float], target_fpr: float) -> floa
     if not negative:
         return None
     return tpr_at_fpr([0.0], negative, target_fpr).threshold
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided binomial confidence interval for k successes in n trials (Clopper and Pearson 1934)."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return (0.0, 1.0)
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return (lo, hi)

@@ -27,6 +27,28 @@ BASELINE_ABOUT = {
 }
 
 Row = dict[str, Any]
+# Derivation kinds by difficulty, so that casts and exports (which any tool catches) are not counted
+# together with the hard cases
+TIERS: dict[str, tuple[str, ...]] = {
+    "format (cast, quantize, export, rename)": ("cast", "quantize-int8", "gguf-q8_0", "gguf-q4_k", "onnx-int8",
+                                                "shell", "multimodal-shell", "multi-network-renamed"),
+    "reparametrised (permute, rotate)": ("permute", "rotate"),
+    "trained (fine-tune, LoRA, merge, vocabulary)": (
+        "finetune", "lora", "continued-pretrain", "merge-linear", "merge-slerp", "merge-task-arithmetic",
+        "vocab-extend", "vocab-prune", "real-finetune", "real-lora"),
+    "noised": ("noise", "real-noise", "real-rotate-noise"),
+    "shape-changing (layers, width, experts)": ("layer-drop", "width-prune", "depth-upscale", "upcycle-moe",
+                                                "distill-pruned-init"),
+    "strength ladders": ("power-noise", "power-rotate-noise", "power-finetune", "power-width-prune",
+                         "power-width-prune-healed"),
+}
+
+
+def tier_of(kind: str) -> str:
+    """The difficulty tier of a derivation kind ("other" when none lists it)."""
+    return next((t for t, kinds in TIERS.items() if kind in kinds), "other")
+
+
 PEER_SUBSCORES = {  # weight sub-scores each peer reports, as paths into its row's details
     "provenancekit": ("scores.identity_score", "signals.eas", "signals.nlf", "signals.lep", "signals.end",
                       "signals.wvc"),
@@ -238,6 +260,8 @@ def summarize(rows: Sequence[Row], *, real_rows: Sequence[Row] = (), real_skippe
 
     detection = mt.detection_table(
         (r["kind"], d.name, d.detected(r)) for r in pos + dist for d in dets if d.detected is not None)
+    by_tier = mt.detection_table(
+        (tier_of(r["kind"]), d.name, d.detected(r)) for r in pos for d in dets if d.detected is not None)
     diag_rows = [(r["kind"], mt.diagnosis_checks(r.get("truth") or {}, r.get("transforms") or []))
                  for r in pos if not r.get("error")]
     diag_by_kind: dict[str, Any] = {}
@@ -290,7 +314,7 @@ def summarize(rows: Sequence[Row], *, real_rows: Sequence[Row] = (), real_skippe
     return {
         "schema": SCHEMA, "meta": dict(meta or {}), "threshold": threshold,
         "counts": {"derived": len(pos), "independent": len(neg), "distilled": len(dist), "errors": len(errors)},
-        "detectors": per, "detection_by_kind": detection,
+        "detectors": per, "detection_by_kind": detection, "detection_by_tier": by_tier,
         "diagnosis": {"overall": mt.accuracy(c for _, c in diag_rows), "by_kind": diag_by_kind},
         "timing": _timing(rows), "targets": targets, "errors": errors, "peers": peer_summary,
         "realmodels": {"skipped": real_skipped, "pairs": real},
@@ -415,6 +439,13 @@ def markdown(s: Mapping[str, Any]) -> str:
             and s["detectors"][d].get("gave_p_values") is not False]
     out.append(_table(["kind"] + dets, [[k] + [f"{kinds[k][d]['detected']}/{kinds[k][d]['n']}" if d in kinds[k] else "–"
                                                 for d in dets] for k in sorted(kinds)]))
+    tiers = s.get("detection_by_tier") or {}
+    if tiers:
+        out += ["", "Derived pairs by difficulty (each kind above belongs to one tier):", ""]
+        out.append(_table(["tier", "kinds"] + dets,
+                          [[t, ", ".join(sorted({k for k in kinds if tier_of(k) == t})) or "–"]
+                           + [f"{tiers[t][d]['detected']}/{tiers[t][d]['n']}" if d in tiers[t] else "–" for d in dets]
+                           for t in list(TIERS) + ["other"] if t in tiers]))
     out += ["", ("Distillation rows are students trained on a teacher's outputs: they share behaviour but no "
             "weights, so a weight method calling them derived is a false attribution; they are counted in "
             "neither the derived nor the independent columns above."), ""]

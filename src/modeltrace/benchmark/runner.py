@@ -271,15 +271,17 @@ def run_pairs(
     progress: Progress | None = None,
     stage: str = "pairs",
     options: dict[str, Any] | None = None,
+    run_missing: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every pair not already in `results` under this run key; return the rows for `pairs`.
 
-    Pairs whose last row is an error are run again.
+    Pairs whose last row is an error are run again. With `run_missing` False nothing is run: the rows
+    already there are returned (a report on a run that was stopped).
     """
     prog = progress or _Silent()
     key = run_key(methods, options)
     done = latest_rows(results, key)
-    todo = [p for p in pairs if p.id not in done or "error" in done[p.id]]
+    todo = [p for p in pairs if p.id not in done or "error" in done[p.id]] if run_missing else []
     prog.stage(f"{stage} ({len(pairs) - len(todo)} already done)", len(todo))
     isolator = Isolator(methods) if isolate and todo else None
     for p in todo:
@@ -373,6 +375,10 @@ class BenchConfig:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # passed to compare (e.g. {"behaviour": True})
     command: str = "modeltrace bench"
+    zoo: str = "tuning"  # "tuning", "heldout", "scale" (zoo/settings.py) or "real" (zoo/real.py)
+    real_source: Path | None = None  # where the real zoo finds SmolLM2 (default: realmodels or its default)
+    skip_control_pairs: bool = False  # leave out the independent pairs that only control a derivation
+    run_missing: bool = True  # False: report on the rows already written, run nothing
 
 
 def _other_path(path: Path, models: dict[str, dict[str, Any]], pair: dict[str, Any]) -> Path | None:
@@ -408,6 +414,13 @@ def check_selection(manifest_path: Path, pairs_glob: str | None) -> tuple[Manife
     return manifest, pairs
 
 
+def without_control_pairs(pairs: Sequence[PairSpec]) -> list[PairSpec]:
+    """Pairs less the independent ones that control a derivation (a derived model against a base it does not
+    come from, `truth.control_for`): they repeat the pairs of training runs that the base pairs already
+    hold, so calibration keeps every draw; the false-positive count is then over the base pairs only."""
+    return [p for p in pairs if not (p.label == "independent" and "control_for" in p.truth)]
+
+
 def build_or_load_zoo(cfg: BenchConfig, progress: Progress | None = None) -> Path:
     """The manifest: the given one, or the zoo built (or reused) under the cache."""
     if cfg.manifest is not None:
@@ -417,7 +430,22 @@ def build_or_load_zoo(cfg: BenchConfig, progress: Progress | None = None) -> Pat
     except ImportError as exc:
         raise ModelTraceError(f"the model zoo is unavailable: {exc}",
                               hint="pass --manifest with a zoo manifest.json") from exc
-    cache_dir = cfg.cache / ("zoo-quick" if cfg.quick else "zoo")
+    if cfg.zoo == "real":
+        from modeltrace.benchmark.zoo.real import build_real_zoo
+
+        models = cfg.real_source or cfg.realmodels or Path(os.environ.get("MODELTRACE_REALMODELS")
+                                                          or ".cache/realmodels")
+        if progress is not None:
+            progress.stage("building the real-model derivations", 0)
+        try:
+            return build_real_zoo(models, cfg.cache / "zoo-real",
+                                  log=(lambda m: progress.step(m)) if progress is not None else (lambda m: None))
+        except FileNotFoundError as exc:
+            raise ModelTraceError(str(exc), hint="fetch the real models (make realmodels) or pass --realmodels")
+    from modeltrace.benchmark.zoo.settings import settings_for
+
+    settings = settings_for(cfg.zoo, cfg.quick)
+    cache_dir = cfg.cache / ({"full": "zoo", "quick": "zoo-quick"}.get(settings.name) or f"zoo-{settings.name}")
     staged = False
 
     def _zoo_progress(event: Any) -> None:
@@ -431,7 +459,7 @@ def build_or_load_zoo(cfg: BenchConfig, progress: Progress | None = None) -> Pat
         if status in ("built", "cached"):
             progress.step(f"{getattr(event, 'model_id', '?')} ({status})")
 
-    return Path(build_zoo(cache_dir, quick=cfg.quick, progress=_zoo_progress))
+    return Path(build_zoo(cache_dir, quick=cfg.quick, progress=_zoo_progress, settings=settings))
 
 
 def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -440,6 +468,8 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict[st
 
     methods = plan(list(cfg.methods) if cfg.methods else None)
     manifest, pairs = check_selection(build_or_load_zoo(cfg, progress), cfg.pairs_glob)
+    if cfg.skip_control_pairs:
+        pairs = without_control_pairs(pairs)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with _exclusive(cfg.out / ".lock"):
         return _run_locked(cfg, methods, manifest, pairs, progress)
@@ -468,7 +498,7 @@ def _run_locked(cfg: BenchConfig, methods: list[str], manifest: Manifest, pairs:
     started = time.time()
     rows = run_pairs(pairs, cfg.out / "pairs.jsonl", methods, threshold=cfg.threshold, seed=cfg.seed,
                      isolate=cfg.isolate, timeout_s=cfg.timeout_s, progress=progress, stage="zoo pairs",
-                     options=cfg.options)
+                     options=cfg.options, run_missing=cfg.run_missing)
 
     real: RealPairs = RealPairs([], "not requested (quick mode, or --no-realmodels)")
     real_rows: list[dict[str, Any]] = []
@@ -492,8 +522,11 @@ def _run_locked(cfg: BenchConfig, methods: list[str], manifest: Manifest, pairs:
             "git": _git_revision(), "isolated": cfg.isolate, "pairs_glob": cfg.pairs_glob,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "wall_s": round(time.time() - started, 1), "methods": list(methods), "options": cfg.options,
+            "zoo": cfg.zoo, "pairs_planned": len(pairs), "pairs_reported": len(rows),
         }, roots=training_roots(manifest))
     report.write(summary, cfg.out, cfg.docs)
+    summary["_rows"] = rows  # for the side-by-side page; not in summary.json
+    summary["_roots"] = training_roots(manifest)
     return summary
 
 

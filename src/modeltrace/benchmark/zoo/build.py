@@ -78,8 +78,11 @@ def stable_seed(text: str) -> int:
     return zlib.crc32(text.encode("utf-8")) % (2**31)
 
 
-def default_cache(quick: bool) -> Path:
-    return Path("bench/cache") / ("zoo-quick" if quick else "zoo")
+def default_cache(quick: bool, settings: str | None = None) -> Path:
+    """bench/cache/zoo (full), zoo-quick, or zoo-<settings name> for the held-out and scale zoos."""
+    if settings in (None, "full", "quick"):
+        return Path("bench/cache") / ("zoo-quick" if quick or settings == "quick" else "zoo")
+    return Path("bench/cache") / f"zoo-{settings}"
 
 
 class Zoo:
@@ -102,8 +105,8 @@ class Zoo:
         if self._data:
             return self._data
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        main = load_corpus("main", self.s.main_chars)
-        other = load_corpus("other", self.s.other_chars)
+        main = load_corpus(self.s.corpus[0], self.s.main_chars)
+        other = load_corpus(self.s.corpus[1], self.s.other_chars)
         tok_path = self.data_dir / "tokenizer.json"
         if not tok_path.is_file():
             tok = train_tokenizer(main.text, self.s.vocab)
@@ -111,19 +114,26 @@ class Zoo:
         tok_json = json.loads(tok_path.read_text(encoding="utf-8"))
         tok = tokenizer_from_json(tok_json)
         arrays = {}
-        for c in (main, other):
+        for role, c in (("main", main), ("other", other)):
             p = self.data_dir / f"{c.split}-{c.sha256[:12]}.npy"
             if not p.is_file():
                 ids = np.asarray(tok.encode(c.text).ids, dtype=np.int32)
                 tmp = p.with_suffix(".tmp.npy")
                 np.save(tmp, ids)
                 os.replace(tmp, p)
-            arrays[c.split] = np.load(p)
+            arrays[role] = np.load(p)
         self._data = {"tokenizer_json": tok_json, "tokenizer": tok, "main_corpus": main, "other_corpus": other,
                       "main": TokenData("main", arrays["main"], self.s.vocab),
                       "other": TokenData("other", arrays["other"], self.s.vocab),
                       "tokenizer_sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest()}
         return self._data
+
+    def seed(self, text: str) -> int:
+        """A derived seed for `text` (a model id), salted per zoo so a held-out zoo draws fresh ones."""
+        return stable_seed(self.s.seed_salt + text)
+
+    def base_seed(self, family: str, offset: int) -> int:
+        return FAMILY_SEED[family] + self.s.seed_offset + offset
 
     # --- loading and writing -----------------------------------------------------------------------------
     def load(self, model_id: str) -> tuple[Spec, dict[str, torch.Tensor]]:
@@ -185,7 +195,7 @@ class Zoo:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        torch.manual_seed(stable_seed(task.id))
+        torch.manual_seed(self.seed(task.id))
         out = task.run(tmp)
         single = out.pop("single_file", None)
         if single:
@@ -286,7 +296,7 @@ class Zoo:
                               "truth": truth})
         manifest = {
             "schema": SCHEMA, "quick": self.s.name != "full", "settings": self.s.name,
-            "zoo_version": ZOO_VERSION,
+            "zoo_version": ZOO_VERSION, "zoo": self.s.zoo,
             "tokenizer": {"sha256": d["tokenizer_sha256"], "vocab_size": self.s.vocab, "kind": "byte-level BPE"},
             "corpus": {"main": d["main_corpus"].describe(), "other": d["other_corpus"].describe()},
             "torch": torch.__version__,
@@ -308,7 +318,7 @@ def build_zoo(cache_dir: Path | str | None = None, quick: bool = False, progress
     if isinstance(settings, str):
         settings = SETTINGS[settings]
     s = settings or (QUICK if quick else FULL)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache(s.name != "full")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache(s.name != "full", s.name)
     if workers is None:
         workers = 1 if s.name == "tiny" else max(1, min(2, os.cpu_count() or 1))
     return Zoo(cache, s).build(progress, workers)

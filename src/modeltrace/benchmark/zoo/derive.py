@@ -155,6 +155,42 @@ def width_prune(spec: Spec, params: Params, keep_frac: float) -> tuple[Spec, Par
                                                   "criterion": "weight magnitude"}
 
 
+def prune_width(spec: Spec, params: Params, keep_frac: float) -> tuple[Spec, Params, dict[str, Any]]:
+    """Minitron-style width pruning (Muralidharan et al. 2024): keep the residual dimensions and MLP neurons of
+    largest importance, every head at its full size. Importance: a residual dimension by the norm of its
+    embedding column times its norm gains; an MLP neuron by |up row| * |gate row| * |down column|."""
+    if spec.family != "llama":
+        raise ValueError("width pruning of the residual stream is written for the llama family")
+    d_keep = max(2, round(spec.hidden * keep_frac))
+    m_keep = max(2, round(spec.intermediate * keep_frac))
+    p = {k: v.clone() for k, v in params.items()}
+    score = p["tok.weight"].norm(dim=0) * p["final_norm.weight"].abs()
+    for i in range(spec.layers):
+        score = score * p[f"blocks.{i}.norm1.weight"].abs().clamp_min(1e-6) ** (1 / spec.layers)
+    res = torch.sort(torch.topk(score, d_keep).indices).values
+    p["tok.weight"] = p["tok.weight"][:, res]
+    p["head.weight"] = p["head.weight"][:, res]
+    p["final_norm.weight"] = p["final_norm.weight"][res]
+    kept_neurons = []
+    for i in range(spec.layers):
+        b = f"blocks.{i}"
+        for k in ("norm1", "norm2"):
+            p[f"{b}.{k}.weight"] = p[f"{b}.{k}.weight"][res]
+        for k in ("q", "k", "v"):
+            p[f"{b}.{k}.weight"] = p[f"{b}.{k}.weight"][:, res]
+        p[f"{b}.o.weight"] = p[f"{b}.o.weight"][res]
+        s_n = p[f"{b}.up.weight"].norm(dim=1) * p[f"{b}.gate.weight"].norm(dim=1) * p[f"{b}.down.weight"].norm(dim=0)
+        keep = torch.sort(torch.topk(s_n, m_keep).indices).values
+        kept_neurons.append(keep.tolist())
+        p[f"{b}.up.weight"] = p[f"{b}.up.weight"][keep][:, res]
+        p[f"{b}.gate.weight"] = p[f"{b}.gate.weight"][keep][:, res]
+        p[f"{b}.down.weight"] = p[f"{b}.down.weight"][res][:, keep]
+    spec2 = with_shape(spec, hidden=d_keep, intermediate=m_keep, head_dim_kept=spec.head_dim)
+    return spec2, p, {"kept_fraction": keep_frac, "kept_residual": res.tolist(), "kept_neurons": kept_neurons,
+                      "residual_kept": f"{d_keep}/{spec.hidden}", "mlp_kept": f"{m_keep}/{spec.intermediate}",
+                      "criterion": "weight magnitude (embedding column and norm gains; MLP row and column norms)"}
+
+
 def vocab_rows(spec: Spec, params: Params, rows: Tensor | None = None, extra: Tensor | None = None,
                extra_head: Tensor | None = None) -> tuple[Spec, Params]:
     """Select rows of every vocabulary-indexed tensor (`rows`) and/or append new rows (`extra`)."""

@@ -37,10 +37,11 @@ class Spec:
     max_pos: int = 64
     eps: float = 1e-5
     rope_theta: float = 10000.0
+    head_dim_kept: int = 0  # a head size that is not hidden // heads (width pruning keeps the heads' size)
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_dim_kept or self.hidden // self.heads
 
     @property
     def norm(self) -> str:
@@ -59,7 +60,10 @@ class Spec:
         return self.family != "llama"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.head_dim_kept:  # absent when unused, so recipes (cache keys) of older models stay the same
+            out.pop("head_dim_kept")
+        return out
 
 
 def _norm(spec: Spec, dim: int) -> nn.Module:
@@ -238,9 +242,11 @@ def hf_config(spec: Spec) -> dict[str, Any]:
 def spec_from_hf_config(cfg: dict[str, Any]) -> Spec:
     mt = cfg.get("model_type")
     if mt == "llama":
+        hd = int(cfg.get("head_dim") or 0)
         return Spec("llama", cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"],
                     cfg["num_attention_heads"], cfg["intermediate_size"], cfg["max_position_embeddings"],
-                    cfg["rms_norm_eps"], cfg["rope_theta"])
+                    cfg["rms_norm_eps"], cfg["rope_theta"],
+                    head_dim_kept=hd if hd and hd != cfg["hidden_size"] // cfg["num_attention_heads"] else 0)
     if mt == "gpt2":
         return Spec("gpt2", cfg["vocab_size"], cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_inner"],
                     cfg["n_positions"], cfg["layer_norm_epsilon"])

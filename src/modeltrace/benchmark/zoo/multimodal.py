@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modeltrace.benchmark.zoo import derive as D
-from modeltrace.benchmark.zoo.build import FAMILY_SEED, Task, Zoo, stable_seed
+from modeltrace.benchmark.zoo.build import Task, Zoo
 from modeltrace.benchmark.zoo.families import Spec, TinyTransformer, export_hf, rope_cache, save_safetensors
 from modeltrace.benchmark.zoo.tokenizer import (
     BOS,
@@ -289,7 +289,7 @@ def plan_multimodal(zoo: Zoo) -> None:
         return run
 
     a, b, c = "mm-a", "mm-b", "mm-a-shell"
-    seed_a, seed_b = FAMILY_SEED["mm"], FAMILY_SEED["mm"] + 1
+    seed_a, seed_b = zoo.base_seed("mm", 0), zoo.base_seed("mm", 1)
     recipe = {"kind": "multimodal", "steps": s.mm_steps, "lr": MM_LR, "images": IMAGES_VERSION}
     zoo.add(Task(a, "multimodal", "base", (), {**recipe, "seed": seed_a},
                  trained(a, seed_a, MULTIMODAL_SPECIALS, True), ancestors=frozenset({a})))
@@ -307,7 +307,7 @@ def plan_multimodal(zoo: Zoo) -> None:
         cfg.update({"architectures": ["Llama3VModel"], "model_type": "llama3v", "_name_or_path": "llama3-v"})
         from safetensors.torch import load_file
 
-        t = shell_tensors(load_file(str(src / "model.safetensors")), s.hidden, stable_seed(c))
+        t = shell_tensors(load_file(str(src / "model.safetensors")), s.hidden, zoo.seed(c))
         _write(tmp, cfg, t, d["tokenizer_json"], MULTIMODAL_SPECIALS, base_vocab, True, s.seq)
         return {}
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from modeltrace.benchmark.zoo import derive as D
-from modeltrace.benchmark.zoo.build import FAMILY_SEED, Task, Zoo, stable_seed
+from modeltrace.benchmark.zoo.build import Task, Zoo
 from modeltrace.benchmark.zoo.families import (
     FAMILIES,
     Spec,
@@ -44,6 +44,10 @@ def plan_zoo(zoo: Zoo) -> None:
         from modeltrace.benchmark.zoo.multimodal import plan_multimodal
 
         plan_multimodal(zoo)
+    if zoo.s.shape_cases:
+        from modeltrace.benchmark.zoo.multinet import plan_multinet
+
+        plan_multinet(zoo)
 
 
 def plan_family(zoo: Zoo, fam: str) -> None:
@@ -51,7 +55,7 @@ def plan_family(zoo: Zoo, fam: str) -> None:
     n = s.bases[fam]
     bases = [f"{fam}-s{i}" for i in range(n)]
     for i, bid in enumerate(bases):
-        seed = FAMILY_SEED[fam] + i
+        seed = zoo.base_seed(fam, i)
         spec = zoo.spec(fam)
         task = Task(bid, fam, "base", (), {"kind": "base", "spec": spec.to_dict(), "seed": seed,
                                            "steps": s.base_steps, "lr": s.lr, "data": "main"},
@@ -61,7 +65,7 @@ def plan_family(zoo: Zoo, fam: str) -> None:
     others: list[str] = []
     for j, (h, layers, heads, inter) in enumerate(s.shapes[: s.other_shapes]):
         wid = f"{fam}-w{j}"
-        seed = FAMILY_SEED[fam] + 100 + j
+        seed = zoo.base_seed(fam, 100 + j)
         spec = zoo.spec(fam, h, layers, heads, inter)
         task = Task(wid, fam, "other-shape", (), {"kind": "other-shape", "spec": spec.to_dict(), "seed": seed,
                                                   "steps": s.base_steps, "lr": s.lr, "data": "main"},
@@ -75,6 +79,13 @@ def plan_family(zoo: Zoo, fam: str) -> None:
             for task in derivations(zoo, fam, bases, i, kind):
                 _add_control(task, bases)
                 zoo.add(task)
+    if fam == "llama" and (s.power or s.shape_cases):
+        from modeltrace.benchmark.zoo.power import plan_power, plan_shape_cases
+
+        if s.power:
+            plan_power(zoo, fam, bases[0])
+        if s.shape_cases:
+            plan_shape_cases(zoo, fam, bases[0])
 
 
 def _add_control(task: Task, bases: list[str]) -> None:
@@ -117,7 +128,7 @@ def derivations(zoo: Zoo, fam: str, bases: list[str], i: int, kind: str) -> list
         def run(tmp: Path) -> dict[str, Any]:
             spec, p = zoo.load(parent)
             model = model_from_params(spec, p)
-            res = zoo.train(model, split, steps, stable_seed(cid), lr=lr, **kw)
+            res = zoo.train(model, split, steps, zoo.seed(cid), lr=lr, **kw)
             zoo.write_model(tmp, spec, {k: v.detach() for k, v in model.state_dict().items()})
             return {"train": res.to_dict()}
         return run
@@ -150,7 +161,7 @@ def derivations(zoo: Zoo, fam: str, bases: list[str], i: int, kind: str) -> list
         for sigma in s.noise_scales:
             tag = "1_708" if abs(sigma - 1 / 708) < 1e-12 else f"{sigma:g}"
             cid = f"{parent}-noise-{tag}"
-            seed = stable_seed(cid)
+            seed = zoo.seed(cid)
             out.append(task(cid, {"sigma_rel": sigma, "seed": seed},
                             tensor_level(lambda t, sg=sigma, sd=seed: D.add_noise(t, sg, sd)), sigma_rel=sigma))
         return out
@@ -173,7 +184,7 @@ def derivations(zoo: Zoo, fam: str, bases: list[str], i: int, kind: str) -> list
             spec, p = zoo.load(parent)
             spec2, p2 = D.drop_layers(spec, p, drop)
             model = model_from_params(spec2, p2)
-            res = zoo.train(model, "main", s.heal_steps, stable_seed(cid), lr=1e-3)
+            res = zoo.train(model, "main", s.heal_steps, zoo.seed(cid), lr=1e-3)
             zoo.write_model(tmp, spec2, {k: v.detach() for k, v in model.state_dict().items()})
             return {"train": res.to_dict()}
         return [task(cid, {"drop": drop, "heal_steps": s.heal_steps}, run_drop, dropped_layers=drop,
@@ -238,23 +249,23 @@ def derivations(zoo: Zoo, fam: str, bases: list[str], i: int, kind: str) -> list
 
         def run_fp(tmp: Path) -> dict[str, Any]:
             spec, p = zoo.load(parent)
-            p2, truth = (D.permute if kind == "permute" else D.rotate)(spec, p, stable_seed(cid))
+            p2, truth = (D.permute if kind == "permute" else D.rotate)(spec, p, zoo.seed(cid))
             diff = D.max_logit_diff(spec, p, spec, p2)
             if diff > FUNCTION_TOLERANCE:
                 raise AssertionError(f"{cid}: {kind} changed the logits by {diff:g}")
             zoo.write_model(tmp, spec, p2)
             return {"truth": {**truth, "logit_max_abs_diff": diff}}
-        return [task(cid, {"seed": stable_seed(cid)}, run_fp, function_preserving=True)]
+        return [task(cid, {"seed": zoo.seed(cid)}, run_fp, function_preserving=True)]
     if kind == "shell":
         cid = f"{parent}-shell"
 
         def run_shell(tmp: Path) -> dict[str, Any]:
             spec, p = zoo.load(parent)
-            cfg, tensors, truth = D.llama3v_shell(spec, p, stable_seed(cid))
+            cfg, tensors, truth = D.llama3v_shell(spec, p, zoo.seed(cid))
             write_hf_folder(tmp, cfg, tensors)
             write_tokenizer(tmp, zoo.data()["tokenizer_json"], spec.max_pos)
             return {"truth": truth}
-        return [task(cid, {"seed": stable_seed(cid)}, run_shell)]
+        return [task(cid, {"seed": zoo.seed(cid)}, run_shell)]
     if kind == "vocab-extend":
         return [task(f"{parent}-vocabext", {"new_tokens": 32}, _vocab_extend(zoo, parent, f"{parent}-vocabext"))]
     if kind == "vocab-prune":
@@ -265,14 +276,14 @@ def derivations(zoo: Zoo, fam: str, bases: list[str], i: int, kind: str) -> list
 
         def run_moe(tmp: Path) -> dict[str, Any]:
             spec, p = zoo.load(parent)
-            cfg, tensors, truth = D.upcycle_moe(spec, p, 4, 2, 0.01, stable_seed(cid))
+            cfg, tensors, truth = D.upcycle_moe(spec, p, 4, 2, 0.01, zoo.seed(cid))
             write_hf_folder(tmp, cfg, tensors)
             write_tokenizer(tmp, zoo.data()["tokenizer_json"], spec.max_pos)
             return {"truth": truth}
         return [task(cid, {"experts": 4, "top_k": 2, "expert_sigma_rel": 0.01}, run_moe)]
     if kind == "distill":
         cid = f"{parent}-distill"
-        seed = stable_seed(cid)
+        seed = zoo.seed(cid)
 
         def run_distill(tmp: Path) -> dict[str, Any]:
             spec, p = zoo.load(parent)
@@ -292,7 +303,7 @@ def _vocab_extend(zoo: Zoo, parent: str, cid: str):  # type: ignore[no-untyped-d
         d = zoo.data()
         tok_json = d["tokenizer_json"]
         words = D.new_words(d["other_corpus"].text, tok_json["model"]["vocab"], 32)
-        g = D.gen_for(stable_seed(cid))
+        g = D.gen_for(zoo.seed(cid))
         rows, head_rows = [], []
         for w in words:
             ids = torch.tensor(d["tokenizer"].encode(w).ids)
