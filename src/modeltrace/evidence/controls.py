@@ -55,7 +55,9 @@ NORM_OF = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", 
 NORM_KINDS = ("attn_norm", "mlp_norm", "final_norm")
 
 CACHE_BYTES = 512 << 20  # transformed tensors kept per control copy (each analysis reads them again)
-BLOCK = 256  # rows per block of generated noise: a row range reads the same noise as a whole read
+BLOCK = 8  # rows per block of generated noise: a row range reads the same noise as a whole read (small, as
+#           the analyses read scattered single rows of embeddings)
+ROWS_CACHE_BYTES = 64 << 20  # transformed row ranges kept (both analyses of a control read the same rows)
 SPREAD_ROWS = 2048  # rows sampled to estimate a tensor's spread (the same estimate for every read)
 
 
@@ -87,6 +89,8 @@ class DerivedSource(TensorSource):
                        for new, old in names.items()}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # transformed tensors, newest last
         self._spread: dict[str, float] = {}
+        self._rows: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        self._rows_bytes = 0
 
     def infos(self) -> dict[str, TensorInfo]:
         return self._infos
@@ -123,8 +127,16 @@ class DerivedSource(TensorSource):
         if name in self._cache:
             return self._cache[name][start:stop]
         if len(self._infos[name].shape) >= 2 and self.op.row_local(name):
-            rows = np.asarray(self.base.read_rows(self.names[name], start, stop), dtype=np.float32)
-            return np.ascontiguousarray(self.op.apply(name, rows, start, self.spread(name)), dtype=np.float32)
+            key = (name, start, stop)
+            got = self._rows.get(key)
+            if got is None:
+                rows = np.asarray(self.base.read_rows(self.names[name], start, stop), dtype=np.float32)
+                got = np.ascontiguousarray(self.op.apply(name, rows, start, self.spread(name)), dtype=np.float32)
+                self._rows[key] = got
+                self._rows_bytes += got.nbytes
+                while self._rows_bytes > ROWS_CACHE_BYTES and len(self._rows) > 1:
+                    self._rows_bytes -= self._rows.popitem(last=False)[1].nbytes
+            return got
         return self.read(name)[start:stop]
 
     def metadata(self) -> dict[str, Any]:
@@ -132,6 +144,8 @@ class DerivedSource(TensorSource):
 
     def close(self) -> None:
         self._cache.clear()
+        self._rows.clear()
+        self._rows_bytes = 0
 
 
 def derived_model(a: Model, source: TensorSource, label: str) -> Model:

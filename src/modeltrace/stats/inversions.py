@@ -65,14 +65,38 @@ def _cumulative(m: int, k: int) -> int:
     return sum(counts[: k + 1])
 
 
+EXACT_K = 400  # up to this many inversions the tail is summed in integers; above it in float64
+FLOAT_SLACK = 1e-9  # relative; the float64 sum of positive terms is far more accurate than this
+
+
+@lru_cache(maxsize=64)
+def _law(m: int) -> np.ndarray:
+    """P(I = x), x = 0..m(m-1)/2, in float64: P_n(x) = (1/n) sum_{t<n} P_{n-1}(x - t), positive terms only."""
+    p = np.ones(1)
+    for n in range(2, m + 1):
+        c = np.concatenate([[0.0], np.cumsum(p)])
+        x = np.arange(len(p) + n - 1)
+        hi = np.minimum(x, len(p) - 1) + 1
+        lo = np.maximum(x - (n - 1), 0)
+        p = (c[hi] - c[lo]) / n
+    out: np.ndarray = p
+    return out
+
+
 def inversion_tail(k: int, m: int) -> float:
-    """Exact P(I <= k) for the inversion count I of a uniform random permutation of m items."""
+    """P(I <= k) for the inversion count I of a uniform random permutation of m items.
+
+    Exact (integers) when k <= EXACT_K, where the small p-values that decide live; above, from the
+    float64 law inflated by FLOAT_SLACK, which keeps it conservative (those p-values are large).
+    """
     if m < 0 or m > 4 * MAX_M:
         raise ValueError(f"need 0 <= m <= {4 * MAX_M}, got {m}")
     if m <= 1 or k >= m * (m - 1) // 2:
         return 1.0
     if k < 0:
         return 0.0
+    if k > EXACT_K:
+        return min(1.0, float(np.sum(_law(m)[: k + 1])) * (1 + FLOAT_SLACK))
     total = 1
     for t in range(2, m + 1):
         total *= t
