@@ -16,8 +16,6 @@ n examples per target instead, with random seeds (`make fuzz`; see docs/fuzzing.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import struct
 import tempfile
 import time
@@ -27,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from fuzzing import capped_address_space, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from modeltrace.artifacts.chat_template import compare_templates, normalize
@@ -41,31 +40,17 @@ from modeltrace.model import Model
 from modeltrace.roles import assign_roles, canonical, component_of, scheme_of
 from modeltrace.textsafe import dumps, escape
 
-EXAMPLES = int(os.environ.get("MODELTRACE_FUZZ_EXAMPLES", "0"))
 MAX_EXAMPLE_SECONDS = 10.0  # one example: parse, summarise, compare, write JSON (inputs are under 1 MB)
-MEMORY_HEADROOM = 2 << 30  # bytes of address space one example may add to the process
 
 
-def _settings(default: int) -> settings:
-    return settings(max_examples=EXAMPLES or default, derandomize=not EXAMPLES, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+_settings = fuzz_settings
 
 
 @pytest.fixture(scope="module", autouse=True)
 def memory_cap() -> Iterator[None]:
     """Cap the address space while fuzzing: a parser that tries to allocate GBs fails with MemoryError."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as fh:
-        size = int(fh.read().split()[0]) * resource.getpagesize()
-    cap = size + MEMORY_HEADROOM
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
+    with capped_address_space():
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def works_or_format_error(fn: Callable[[], object], where: Path | str | None = None) -> object:

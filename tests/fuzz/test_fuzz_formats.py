@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import struct
 import tempfile
@@ -53,39 +52,26 @@ from format_builders import (
     torch_zip,
     u,
 )
-from hypothesis import HealthCheck, event, given, settings
+from fuzzing import capped_address_space, fuzz_settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from modeltrace.errors import FormatError
 from modeltrace.formats import open_file
 
 CORPUS = Path(__file__).parent / "corpus" / "formats"
-EXAMPLES = int(os.environ.get("MODELTRACE_FUZZ_EXAMPLES", "0"))
 MAX_EXAMPLE_SECONDS = 10.0  # CPU seconds for one input, opened and read in full; inputs here are under 64 KB
-MEMORY_HEADROOM = 2 << 30  # bytes of address space an input may add to the process
 
 
-def _settings(default: int) -> settings:
-    return settings(max_examples=EXAMPLES or default, derandomize=not EXAMPLES, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+_settings = fuzz_settings
 
 
 @pytest.fixture(scope="module", autouse=True)
 def memory_cap() -> Iterator[None]:
     """Cap the address space while fuzzing: a reader that tries to allocate GBs fails with MemoryError."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as fh:
-        size = int(fh.read().split()[0]) * resource.getpagesize()
-    cap = size + MEMORY_HEADROOM
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
+    with capped_address_space():
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        shutil.rmtree(_WORK, ignore_errors=True)
+    shutil.rmtree(_WORK, ignore_errors=True)
 
 
 _WORK = Path(tempfile.mkdtemp(prefix="modeltrace-fuzz-"))  # one folder per example inside; removed at the end
