@@ -216,14 +216,15 @@ def _basis(src: TensorSource, emb: tuple[str, str] | None, vocab: dict[str, int]
     for pos in order:  # a handful of single rows; readers with fast row access read only these
         e[pos] = src.read_rows(name, int(ids[pos]), int(ids[pos]) + 1).reshape(-1)[:width]
     gram = (e.astype(np.float64) @ e.T.astype(np.float64))
-    chol = _cholesky(gram)
+    chol = cholesky(gram)
     if chol is None:
         return None, None
     w = np.linalg.solve(chol, e.astype(np.float64)).astype(np.float32)
     return Basis(tuple(t for t, _ in picked), gram.astype(np.float32), component), w
 
 
-def _cholesky(gram: np.ndarray) -> np.ndarray | None:
+def cholesky(gram: np.ndarray) -> np.ndarray | None:
+    """Cholesky factor of a Gram matrix with a 1e-6 ridge relative to its mean diagonal, or None."""
     scale = float(np.trace(gram)) / max(1, gram.shape[0])
     if not np.isfinite(scale) or scale <= 0:
         return None

@@ -33,7 +33,7 @@ import numpy as np
 
 from modeltrace.compare import DEFAULT_THRESHOLD, CompareResult, decide
 from modeltrace.evidence.base import Evidence, Transform
-from modeltrace.index.fingerprint import MIN_BASIS_TOKENS, Fingerprint, LayerSketch
+from modeltrace.index.fingerprint import MIN_BASIS_TOKENS, Fingerprint, LayerSketch, cholesky
 from modeltrace.stats.combine import P_FLOOR, fisher
 from modeltrace.stats.nulls import fixed_point_tail, randomized_p
 from modeltrace.weights.align import UnitMatch, agreement, match_units
@@ -59,15 +59,8 @@ class _Rebase:
 
 
 def _chol(g: np.ndarray) -> np.ndarray | None:
-    g = g.astype(np.float64)
-    scale = float(np.trace(g)) / max(1, g.shape[0])
-    if not np.isfinite(scale) or scale <= 0:
-        return None
-    try:
-        out: np.ndarray = np.linalg.cholesky(g + 1e-6 * scale * np.eye(g.shape[0]))
-    except np.linalg.LinAlgError:
-        return None
-    return out
+    """The regularised Cholesky factor of a token Gram matrix (the fingerprint's own), or None."""
+    return cholesky(g.astype(np.float64))
 
 
 def shared_basis(a: Fingerprint, b: Fingerprint) -> tuple[_Rebase, _Rebase, int] | None:
